@@ -1,0 +1,194 @@
+"""Fair-GPTQ's math on one nn.Linear, checked against independent float64 computations."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from gptqmodel.looper.named_module import NamedModule
+from gptqmodel.quantization import GPTQ, QuantizeConfig
+
+ROWS, COLS, SEQ = 24, 32, 12
+
+
+def named_linear(layer_index=0, name="mlp.fc", seed=0):
+    torch.manual_seed(seed)
+    linear = nn.Linear(COLS, ROWS, bias=False)
+    return NamedModule(linear, name=name, full_name=f"model.layers.{layer_index}.{name}", layer_index=layer_index)
+
+
+def paired_inputs(n_pairs, seed=1, bias_strength=4.0):
+    """(2*n_pairs, SEQ, COLS) batch: rows 2i / 2i+1 share their content and differ along one planted direction."""
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(COLS)
+    direction[:4] = torch.tensor([1.0, -0.5, 0.25, 0.8])
+    base = torch.randn(n_pairs, SEQ, COLS, generator=g)
+    signs = torch.randn(n_pairs, SEQ, 1, generator=g)
+    stereo = base + bias_strength * signs * direction
+    anti = base - bias_strength * signs * direction + 0.05 * torch.randn(n_pairs, SEQ, COLS, generator=g)
+    return torch.stack([stereo, anti], dim=1).reshape(2 * n_pairs, SEQ, COLS)
+
+
+def reference_shift(W, batches, alpha, sum_hessians, damp_percent):
+    """W' in float64 from the formulas, with upstream's dampening of the inverted matrix."""
+    W = W.double()
+    X = torch.cat([b.reshape(-1, COLS) for b in batches]).double()
+    n = sum(b.shape[0] for b in batches)
+    deltas = torch.cat([(b[0::2] - b[1::2]).reshape(-1, COLS) for b in batches]).double()
+    n_pairs = n // 2
+    H = 2 / n * X.t() @ X
+    H01 = alpha * 2 / n_pairs * deltas.t() @ deltas
+    M = H + H01 if sum_hessians else H.clone()
+    M += damp_percent * torch.mean(torch.diag(M)) * torch.eye(COLS, dtype=torch.float64)
+    return W - W @ H01 @ torch.linalg.inv(M), H, H01
+
+
+def run_gptq(module, batches, **cfg):
+    qcfg = QuantizeConfig(desc_act=False, group_size=-1, **cfg)
+    g = GPTQ(module, qcfg)
+    g.quantizer.configure(perchannel=True)
+    for b in batches:
+        g.add_batch(b, None)
+    return g
+
+
+def captured_shift(g):
+    """Run the weight shift of a filled GPTQ task and return W'."""
+    W, _ = g._fair_shift_weights(g.module_copy.clone())
+    return W
+
+
+@pytest.mark.parametrize("sum_hessians", [1, 0])
+def test_shift_matches_float64_closed_form(sum_hessians):
+    module = named_linear()
+    batches = [paired_inputs(2, seed=1), paired_inputs(2, seed=2)]
+    g = run_gptq(module, batches, alpha=0.7, sum_hessians=sum_hessians)
+    expected, _, _ = reference_shift(module.weight.data, batches, 0.7, sum_hessians, g.qcfg.damp_percent)
+    shifted = captured_shift(g)
+    assert not torch.allclose(expected.float(), module.weight.data, atol=1e-3)  # the shift is not a no-op
+    torch.testing.assert_close(shifted.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_form_is_the_minimiser_of_the_fair_objective():
+    module = named_linear()
+    batches = [paired_inputs(3)]
+    alpha = 0.5
+    g = run_gptq(module, batches, alpha=alpha, damp_percent=1e-6, damp_auto_increment=0.0)
+    shifted = captured_shift(g).double()
+    W = module.weight.data.double()
+    _, H, H01 = reference_shift(W, batches, alpha, 1, 1e-6)
+    # gradient of tr((W'-W) H (W'-W)^T) + tr(W' H01 W'^T) vanishes at the minimiser
+    gradient = (shifted - W) @ H + shifted @ H01
+    assert gradient.abs().max() < 1e-4 * (W @ H).abs().max()
+
+
+def test_8bit_quantization_lands_close_to_the_shifted_weights():
+    module = named_linear()
+    batches = [paired_inputs(4)]
+    W = module.weight.data.clone()
+    expected, _, _ = reference_shift(W, batches, 1.0, 1, 0.01)
+    g = run_gptq(module, batches, bits=8, alpha=1.0)
+    Q = g.quantize()[0].double()
+    shift = torch.linalg.norm(expected - W.double())
+    assert torch.linalg.norm(Q - expected) < 0.05 * shift
+    assert torch.linalg.norm(Q - W.double()) > 0.5 * shift
+
+
+def fair_objective_terms(Q, W, batches):
+    X = torch.cat([b.reshape(-1, COLS) for b in batches]).double()
+    D = torch.cat([(b[0::2] - b[1::2]).reshape(-1, COLS) for b in batches]).double()
+    Q, W = Q.double(), W.double()
+    return torch.sum(((Q - W) @ X.t()) ** 2).item(), torch.sum((Q @ D.t()) ** 2).item(), torch.sum((W @ D.t()) ** 2).item()
+
+
+def test_fair_quantization_lowers_the_bias_term_at_bounded_reconstruction_cost():
+    batches = [paired_inputs(4, seed=s) for s in range(3)]
+    W = named_linear().weight.data.clone()
+    alpha = 0.3
+    q_plain = run_gptq(named_linear(), batches, alpha=0.0).quantize()[0]
+    q_fair = run_gptq(named_linear(), batches, alpha=alpha).quantize()[0]
+    recon_plain, bias_plain, bias_fp = fair_objective_terms(q_plain, W, batches)
+    recon_fair, bias_fair, _ = fair_objective_terms(q_fair, W, batches)
+    assert bias_fair < 0.5 * bias_plain
+    # The shift alone costs at most what it removes: ||(W'-W)X||^2 <= alpha n/n_pairs ||W D||^2 (objective at W'
+    # is below the objective at W); quantization noise comes on top of that.
+    n_rows, n_pairs = sum(b.shape[0] for b in batches), sum(b.shape[0] for b in batches) // 2
+    shift_budget = alpha * n_rows / n_pairs * bias_fp
+    assert recon_fair <= recon_plain + shift_budget
+    assert recon_fair > recon_plain  # moving towards less bias is not free
+
+
+def test_batch_of_four_and_two_batches_of_two_give_the_same_h01():
+    batch4 = paired_inputs(2, seed=5)
+    g4 = run_gptq(named_linear(), [batch4], alpha=0.2)
+    g2 = run_gptq(named_linear(), [batch4[:2], batch4[2:]], alpha=0.2)
+    assert g4.n_pairs == g2.n_pairs == 2
+    torch.testing.assert_close(g4.H01, g2.H01, rtol=1e-5, atol=1e-6)
+    _, _, H01 = reference_shift(torch.zeros(ROWS, COLS), [batch4], 0.2, 1, 0.01)
+    torch.testing.assert_close(g4.H01.double(), H01, rtol=1e-5, atol=1e-5)
+
+
+def test_flattened_input_is_paired_through_the_3d_shape_of_its_layer():
+    batch = paired_inputs(2, seed=7)
+    attention = named_linear(layer_index=11, name="self_attn.q_proj")
+    mlp = named_linear(layer_index=11, name="fc1")
+    cfg = QuantizeConfig(alpha=0.2, desc_act=False)
+    GPTQ(attention, cfg).add_batch(batch, None)  # records (4, SEQ) for layer 11, batch 0
+    flat = GPTQ(mlp, cfg)
+    flat.add_batch(batch.reshape(-1, COLS), None)
+    reference = GPTQ(named_linear(layer_index=11, name="fc1"), cfg)
+    reference.add_batch(batch, None)
+    torch.testing.assert_close(flat.H01, reference.H01)
+
+
+def test_odd_batch_is_rejected_with_the_module_name():
+    g = GPTQ(named_linear(), QuantizeConfig(alpha=0.1))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.fc.*3 sequences.*even"):
+        g.add_batch(torch.randn(3, SEQ, COLS), None)
+
+
+def test_unsplittable_flat_input_is_rejected():
+    g = GPTQ(named_linear(layer_index=97, name="fc2"), QuantizeConfig(alpha=0.1))
+    with pytest.raises(ValueError, match=r"fc2.*\(24, 32\).*never seen"):
+        g.add_batch(torch.randn(24, COLS), None)
+    sibling = GPTQ(named_linear(layer_index=98, name="q_proj"), QuantizeConfig(alpha=0.1))
+    sibling.add_batch(torch.randn(2, 6, COLS), None)
+    mismatched = GPTQ(named_linear(layer_index=98, name="fc2"), QuantizeConfig(alpha=0.1))
+    with pytest.raises(ValueError, match=r"\(14, 32\).*batch=2, seq=6"):
+        mismatched.add_batch(torch.randn(14, COLS), None)
+
+
+def test_inactive_module_allocates_nothing_and_ignores_odd_batches():
+    ignored = GPTQ(named_linear(name="self_attn.q_proj"), QuantizeConfig(alpha=0.1, ignore_bias="q_proj"))
+    ignored.add_batch(torch.randn(3, SEQ, COLS), None)
+    assert not ignored.fair_active and ignored.H01 is None
+    unselected = GPTQ(named_linear(layer_index=4), QuantizeConfig(alpha=0.1, select_layer="0-3"))
+    assert not unselected.fair_active
+    plain_module = GPTQ(nn.Linear(COLS, ROWS), QuantizeConfig(alpha=0.1))  # HF-optimum path: no names, no term
+    assert not plain_module.fair_active
+
+
+def test_logs_are_written_only_when_asked(tmp_path):
+    batches = [paired_inputs(2)]
+    run_gptq(named_linear(), batches, alpha=0.5, log_dir=str(tmp_path / "off")).quantize()
+    assert not (tmp_path / "off").exists()
+
+    module = named_linear()
+    W = module.weight.data.clone()
+    g = run_gptq(module, batches, alpha=0.5, log_delta_w=1, log_hessian_sensitivity=1, log_dir=str(tmp_path / "on"))
+    expected, _, H01 = reference_shift(W, batches, 0.5, 1, 0.01)
+    Q = g.quantize()[0]
+    record = json.loads((tmp_path / "on" / "delta_w.jsonl").read_text().splitlines()[0])
+    assert record["module"] == "model.layers.0.mlp.fc" and record["layer_index"] == 0 and record["alpha"] == 0.5
+    delta = torch.linalg.norm(expected - W.double()).item()
+    assert record["delta_w_fro"] == pytest.approx(delta, rel=1e-3)
+    assert record["relative_delta_w"] == pytest.approx(delta / torch.linalg.norm(W).item(), rel=1e-3)
+
+    lines = (tmp_path / "on" / "hessian_sensitivity" / "model.layers.0.mlp.fc.csv").read_text().splitlines()
+    assert lines[0] == "column,h01_diag,weight_error_l2,sensitivity" and len(lines) == COLS + 1
+    rows = [line.split(",") for line in lines[1:]]
+    values = [float(r[3]) for r in rows]
+    assert values == sorted(values, reverse=True) and values[0] > 0  # measured after quantization: not zero
+    expected_sens = torch.diag(H01) * torch.linalg.norm(expected - Q.double(), dim=0)
+    for column, _, _, value in rows[:5]:
+        assert float(value) == pytest.approx(expected_sens[int(column)].item(), rel=1e-2, abs=1e-4)
