@@ -1,0 +1,93 @@
+"""example_fair_gptq.py end to end on the tiny OPT, and every input error before any weight is loaded."""
+import json
+
+import pytest
+
+import example_fair_gptq as cli
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def base_args(tiny_opt_dir, stereoset_dev_path):
+    return ["--model", tiny_opt_dir, "--stereoset", stereoset_dev_path, "--group-size", 32, "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_opt(capsys, tmp_path, base_args):
+    out = tmp_path / "tiny-fair"
+    code, stdout, _ = run_cli(capsys, *base_args, "--max-pairs", 6, "--batch-size", 4, "--select-layer", "1,2",
+                              "--log-delta-w", "--max-new-tokens", 4, "--out", out)
+    assert code == 0
+    assert f"Quantized model written to {out.resolve()}" in stdout
+    assert "Generation from the reloaded model" in stdout
+    assert (out / "quantize_config.json").is_file() and list(out.glob("*.safetensors"))
+    run = json.loads((out / cli.RUN_FILE).read_text())
+    assert run["calibration"]["n_pairs"] == 6 and run["calibration"]["split"]["part"] == "calib"
+    assert len(run["calibration"]["sha256"]) == 64
+    active = {m["module"] for m in run["modules"] if m["fair_term"]}
+    assert active == {f"model.decoder.layers.{i}.{n}" for i in (1, 2) for n in ("self_attn.out_proj", "fc2")}
+    assert all("relative_delta_w" in m for m in run["modules"] if m["fair_term"])
+    assert run["versions"]["gptqmodel"] == "2.2.0" and run["timings"]["quantize_s"] > 0
+    assert run["generation"]["text"].startswith(cli.build_parser().get_default("prompt")[:3])
+    saved = json.loads((out / "quantize_config.json").read_text())
+    assert saved["alpha"] == 0.1 and saved["select_layer"] == "1,2" and saved["log_dir"] == cli.LOG_FOLDER
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_dry_run_prints_the_plan_without_writing(capsys, tmp_path, base_args):
+    code, stdout, _ = run_cli(capsys, *base_args, "--strategy", "upper", "--max-pairs", 10, "--dry-run")
+    assert code == 0
+    assert "calibration: 10 pairs" in stdout and "layers=[2, 3]" in stdout  # L=4 -> k=2, the last two
+    assert "fair term on 4 of 24 quantized modules" in stdout
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", 3], "--batch-size must be even"),
+    (["--ignore-bias", "fc1,q_projj"], "'q_projj' match no linear module"),
+    (["--select-layer", "7"], "layer index 7 is out of range"),
+    (["--select-layer", "x"], "--select-layer"),
+    (["--stereoset", "/does/not/exist.json"], "does not exist"),
+    (["--pairs", "file"], "--pairs file needs --pairs-file"),
+    (["--bias-types", "colour"], "colour"),
+    (["--alpha", "-1"], "--alpha must be finite and >= 0"),
+])
+def test_input_errors_stop_before_loading(capsys, tmp_path, base_args, monkeypatch, extra, message):
+    def fail(*a, **k):
+        raise AssertionError("model weights were loaded despite bad input")
+    monkeypatch.setattr(cli, "quantize_and_save", fail)
+    out = tmp_path / "never"
+    code, _, stderr = run_cli(capsys, *base_args, *extra, "--out", out)
+    assert code == 2 and message in stderr and stderr.startswith("error: ")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_malformed_stereoset_file(capsys, tmp_path, base_args):
+    bad = tmp_path / "dev.json"
+    bad.write_text('{"data": {"intersentence": []}}')
+    code, _, stderr = run_cli(capsys, *base_args, "--stereoset", bad, "--dry-run")
+    assert code == 2 and "intrasentence" in stderr
+
+
+def test_existing_output_needs_overwrite(capsys, tmp_path, base_args):
+    out = tmp_path / "taken"
+    out.mkdir()
+    code, _, stderr = run_cli(capsys, *base_args, "--out", out)
+    assert code == 2 and "--overwrite" in stderr
+
+
+def test_failed_quantization_leaves_no_output(capsys, tmp_path, base_args, monkeypatch):
+    def crash(plan, staging, timings):
+        staging.mkdir()
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "quantize_and_save", crash)
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([str(a) for a in [*base_args, "--max-pairs", 2, "--out", out]])
+    assert not out.exists() and not list(tmp_path.iterdir())
