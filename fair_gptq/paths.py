@@ -1,0 +1,43 @@
+"""Where the repository and the shared (read-only) data live.
+
+The data sets (StereoSet, CrowS-Pairs, WikiText-2, the tiny stories260K model) are never
+copied into the repository: they are read from a folder outside it. By default that is
+``<repo>/../shared/data``; set ``$FAIR_GPTQ_DATA`` to point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV_VAR = "FAIR_GPTQ_DATA"
+
+
+def repo_root() -> Path:
+    """The repository root (the folder that holds ``fair_gptq/``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def shared_data_candidates() -> list[Path]:
+    """The folders :func:`shared_data_dir` looks at, in order (for error messages)."""
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        # An explicit setting wins and is the only place looked at: silently falling back
+        # to another folder would hide a typo in the variable.
+        return [Path(env).expanduser()]
+    return [repo_root().parent / "shared" / "data"]
+
+
+def shared_data_dir() -> Path | None:
+    """The shared data folder, or ``None`` where it does not exist."""
+    for candidate in shared_data_candidates():
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+# Relative locations inside the shared data folder (see its README.md).
+STEREOSET_DEV = Path("stereoset") / "stereoset_dev_reconstructed.json"
+CROWS_PAIRS = Path("crows_pairs") / "crows_pairs_anonymized.csv"
+WIKITEXT2_DIR = Path("wikitext2")
+STORIES260K_DIR = Path("models") / "stories260K-hf"
