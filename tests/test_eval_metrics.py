@@ -1,0 +1,144 @@
+"""Metric functions of evaluation/metrics.py on hand-computed toy scores (no model)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation import metrics
+
+
+def test_crows_pairs_overall_and_per_bias_type():
+    # pair:            0     1     2 (tie)  3
+    ll_more = [-10.0, -5.0, -7.0, -3.0]
+    ll_less = [-12.0, -4.0, -7.0, -8.0]
+    types = ["gender", "gender", "race-color", "race-color"]
+    out = metrics.crows_pairs_metrics(ll_more, ll_less, types)
+    # pct_stereotype: [1, 0, 0 (a tie is not "more likely"), 1]; likelihood_diff: [2, 1, 0, 5]
+    assert out["overall"]["n"] == 4
+    assert out["overall"]["pct_stereotype"] == pytest.approx(0.5)
+    assert out["overall"]["likelihood_diff"] == pytest.approx(2.0)
+    # lm-eval's stderr: sample std (ddof=1) / sqrt(n); std([1,0,0,1], ddof=1) = sqrt(1/3)
+    assert out["overall"]["pct_stereotype_stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    half = math.sqrt(0.5) / math.sqrt(2)  # std([1, 0], ddof=1) / sqrt(2), and the same for [2, 1]
+    assert out["by_bias_type"]["gender"] == pytest.approx(
+        {"n": 2, "pct_stereotype": 0.5, "likelihood_diff": 1.5, "pct_stereotype_stderr": half,
+         "likelihood_diff_stderr": half}
+    )
+    assert out["by_bias_type"]["race-color"]["pct_stereotype"] == pytest.approx(0.5)
+    assert out["by_bias_type"]["race-color"]["likelihood_diff"] == pytest.approx(2.5)
+
+
+def test_crows_pairs_single_pair_has_no_stderr():
+    out = metrics.crows_pairs_metrics([-1.0], [-2.0], ["age"])
+    assert out["overall"]["pct_stereotype"] == 1.0
+    assert math.isnan(out["overall"]["pct_stereotype_stderr"])
+
+
+def test_stereoset_sentence_score_is_geometric_mean_probability():
+    probs = [0.5, 0.25, 0.125]
+    ll = sum(math.log(p) for p in probs)
+    expected = 2 ** (sum(math.log2(p) for p in probs) / len(probs))
+    assert metrics.stereoset_sentence_scores([ll], [len(probs)])[0] == pytest.approx(expected)
+    assert expected == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        metrics.stereoset_sentence_scores([0.0], [0])
+
+
+def _toy_stereoset():
+    # item: target,   domain,      s,   a,   u
+    rows = [
+        ("nurse", "profession", 0.9, 0.1, 0.5),  # pro; related: s>u, a<u -> 1
+        ("nurse", "profession", 0.2, 0.2, 0.1),  # tie s == a -> anti; related 2
+        ("nurse", "profession", 0.3, 0.6, 0.3),  # anti; s == u not related, a>u -> 1
+        ("chess", "profession", 0.7, 0.4, 0.5),  # pro; related 1
+        ("Iraq", "race", 0.4, 0.5, 0.1),  # anti; related 2
+        ("Iraq", "race", 0.6, 0.5, 0.9),  # pro; related 0
+    ]
+    s, a, u = ([r[i] for r in rows] for i in (2, 3, 4))
+    return s, a, u, [r[0] for r in rows], [r[1] for r in rows]
+
+
+def test_stereoset_per_target_macro_average_and_ties():
+    out = metrics.stereoset_metrics(*_toy_stereoset())
+    # profession: nurse SS 100*1/3, LMS 100*4/6; chess SS 100, LMS 50 -> macro means
+    prof = out["profession"]
+    assert prof["n_items"] == 4 and prof["n_targets"] == 2
+    assert prof["ss"] == pytest.approx((100 / 3 + 100) / 2)
+    assert prof["lms"] == pytest.approx((400 / 6 + 50) / 2)
+    # ICAT from the means, not the mean of per-target ICATs
+    assert prof["icat"] == pytest.approx(prof["lms"] * min(prof["ss"], 100 - prof["ss"]) / 50)
+    per_target_icat = np.mean([400 / 6 * min(100 / 3, 200 / 3) / 50, 50 * 0.0 / 50])
+    assert prof["icat"] != pytest.approx(per_target_icat)
+    race = out["race"]
+    assert (race["ss"], race["lms"], race["n_targets"]) == pytest.approx((50.0, 50.0, 1))
+    # overall: macro over all three targets (bias-bench), not the mean of the domain figures
+    overall = out["overall"]
+    assert overall["n_items"] == 6 and overall["n_targets"] == 3
+    assert overall["ss"] == pytest.approx((100 / 3 + 100 + 50) / 3)
+    assert overall["lms"] == pytest.approx((400 / 6 + 50 + 50) / 3)
+    assert overall["ss"] != pytest.approx((prof["ss"] + race["ss"]) / 2)
+    assert list(out) == ["overall", "profession", "race"]
+
+
+def test_stereoset_all_ties_count_as_anti():
+    out = metrics.stereoset_metrics([0.5, 0.5], [0.5, 0.5], [0.5, 0.5], ["t", "t"], ["gender", "gender"])
+    assert out["overall"]["ss"] == 0.0  # every tie is anti
+    assert out["overall"]["lms"] == 0.0  # equal to the unrelated score is not "related"
+    assert out["overall"]["icat"] == 0.0
+
+
+def test_icat_ideal_and_extremes():
+    assert metrics.icat(50.0, 100.0) == pytest.approx(100.0)
+    assert metrics.icat(100.0, 100.0) == 0.0
+    assert metrics.icat(30.0, 80.0) == pytest.approx(80.0 * 30.0 / 50.0)
+
+
+def test_perplexity_from_nll_sum():
+    assert metrics.perplexity(10.0, 5) == pytest.approx(math.exp(2.0))
+    with pytest.raises(ValueError):
+        metrics.perplexity(1.0, 0)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    more, less = rng.normal(size=200), rng.normal(size=200)
+    ci = metrics.bootstrap_pct_stereotype(more, less, 500, seed=0)
+    assert ci == metrics.bootstrap_pct_stereotype(more, less, 500, seed=0)
+    assert ci != metrics.bootstrap_pct_stereotype(more, less, 500, seed=1)
+    point = float(np.mean(more > less))
+    assert ci[0] < point < ci[1]
+    # a constant statistic has a degenerate interval
+    assert metrics.bootstrap_pct_stereotype([0.0] * 10, [-1.0] * 10, 100) == (1.0, 1.0)
+
+
+def test_bootstrap_ss_full_sample_matches_metric_and_is_seeded():
+    s, a, _u, targets, _types = _toy_stereoset()
+    full = np.arange(len(targets))[None, :]
+    assert metrics._resampled_ss(s, a, targets, full)[0] == pytest.approx(
+        metrics.stereoset_metrics(*_toy_stereoset())["overall"]["ss"]
+    )
+    ci = metrics.bootstrap_ss(s, a, targets, 300, seed=3)
+    assert ci == metrics.bootstrap_ss(s, a, targets, 300, seed=3)
+    assert 0.0 <= ci[0] <= ci[1] <= 100.0
+
+
+def test_paired_bootstrap_differences():
+    rng = np.random.default_rng(0)
+    more, less = rng.normal(size=100), rng.normal(size=100)
+    same = metrics.paired_diff_pct_stereotype(more, less, more, less, 200, seed=0)
+    assert same == {"diff": 0.0, "ci": [0.0, 0.0], "n": 100}
+    flipped = metrics.paired_diff_pct_stereotype(more, less, less, more, 200, seed=0)
+    # B prefers sent_more exactly where A did not (no ties with continuous scores)
+    assert flipped["diff"] == pytest.approx(1 - 2 * float(np.mean(more > less)))
+    assert flipped["ci"][0] <= flipped["diff"] <= flipped["ci"][1]
+
+    s, a, _u, targets, _types = _toy_stereoset()
+    ss_same = metrics.paired_diff_ss(s, a, s, a, targets, 200, seed=0)
+    assert ss_same["diff"] == 0.0 and ss_same["ci"] == [0.0, 0.0]
+    # B: every item pro-stereotype -> SS 100 on every resample
+    ss_all = metrics.paired_diff_ss(s, a, [1.0] * 6, [0.0] * 6, targets, 200, seed=0)
+    assert ss_all["diff"] == pytest.approx(100 - metrics.stereoset_metrics(*_toy_stereoset())["overall"]["ss"])
+    assert ss_all["ci"][0] <= ss_all["diff"] <= ss_all["ci"][1]

@@ -1,0 +1,109 @@
+"""Model loading (evaluation/models.py): full precision and GPTQ checkpoints on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from evaluation import models, scoring
+
+CALIBRATION = [
+    "The nurse helped the patient and the engineer fixed the bridge.",
+    "Once upon a time there was a little girl who liked to play.",
+    "Many people live in the city and work in offices.",
+    "Language models assign probabilities to sentences.",
+    "The quick brown fox jumps over the lazy dog.",
+    "She said that he would come back tomorrow.",
+    "Numbers like 1, 2, 3 and 42 appear in text too.",
+    "Some sentences are stereotypes and some are not.",
+]
+
+
+@pytest.fixture(scope="module")
+def no_torch_compile():
+    """GPTQModel's TorchQuantLinear torch.compile()s its dequantization: ~15 s of C++ builds for a
+    toy model on 2 cores. Eager mode computes the same weights."""
+    import torch._dynamo
+
+    saved = torch._dynamo.config.disable
+    torch._dynamo.config.disable = True
+    yield
+    torch._dynamo.config.disable = saved
+
+
+@pytest.fixture(scope="module")
+def tiny_opt_gptq_dir(tiny_opt_dir, tmp_path_factory, no_torch_compile):
+    """Stock GPTQModel, 4 bits, group size 32, 8 calibration sentences, on CPU."""
+    import os
+
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny_opt_gptq")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_opt_dir)
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # GPTQModel writes a gptq_log_*.log into the working directory
+    try:
+        model = GPTQModel.load(str(tiny_opt_dir), QuantizeConfig(bits=4, group_size=32), device="cpu")
+        model.quantize([tokenizer(s) for s in CALIBRATION], batch_size=1)
+        model.save(str(out))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def test_full_precision_checkpoint(tiny_opt_dir):
+    assert not models.is_gptq_checkpoint(str(tiny_opt_dir))
+    lm = models.load_model(str(tiny_opt_dir), name="fp", device="cpu")
+    assert (lm.kind, lm.dtype, lm.backend, lm.device) == ("fp", "float32", None, "cpu")
+    assert lm.describe()["kind"] == "fp"
+
+
+def test_device_and_dtype_resolution():
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError):
+        models.resolve_dtype("float8", "cpu")
+    with pytest.raises(ValueError):
+        models.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert models.resolve_device("auto") == "cpu"
+        with pytest.raises(ValueError, match="no CUDA"):
+            models.resolve_device("cuda")
+
+
+def test_fingerprint_changes_when_the_checkpoint_is_rewritten(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    before = models.model_fingerprint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert models.model_fingerprint(str(tmp_path)) != before
+    assert models.model_fingerprint("org/name") == "hub:org/name"
+
+
+@pytest.mark.slow
+def test_gptq_checkpoint_loads_with_the_torch_kernel_and_scores(tiny_opt_gptq_dir, tiny_opt_dir):
+    assert json.loads((tiny_opt_gptq_dir / "quantize_config.json").read_text())["bits"] == 4
+    assert models.is_gptq_checkpoint(str(tiny_opt_gptq_dir))
+    lm = models.load_model(str(tiny_opt_gptq_dir), name="gptq", device="cpu")
+    assert (lm.kind, lm.backend, lm.dtype) == ("gptq", "torch", "float32")
+    kernels = {type(m).__name__ for m in lm.model.modules()}
+    assert "TorchQuantLinear" in kernels
+
+    texts = ["The nurse helped the patient.", "Cats have sharp claws.", "Many people live in Ethiopia."]
+    quant = scoring.score_sentences(lm.model, lm.tokenizer, texts, batch_size=3, progress=False)
+    # the engine on a GPTQ model agrees with a direct forward of the same model
+    for text, score in zip(texts, quant):
+        ids = [lm.tokenizer.bos_token_id] + lm.tokenizer.encode(text, add_special_tokens=False)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        direct = sum(float(logprobs[t, ids[t + 1]]) for t in range(len(ids) - 1))
+        assert score.loglik == pytest.approx(direct, abs=1e-4)
+    # 4-bit weights of a random model: close to, but not the same as, full precision
+    fp = models.load_model(str(tiny_opt_dir), name="fp", device="cpu")
+    full = scoring.score_sentences(fp.model, fp.tokenizer, texts, batch_size=3, progress=False)
+    for q, f in zip(quant, full):
+        assert q.n_tokens == f.n_tokens
+        assert q.loglik != f.loglik
+        assert abs(q.loglik - f.loglik) < 0.1 * abs(f.loglik)
