@@ -17,13 +17,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fair_gptq import paths
+from fair_gptq.cache import DownloadError, cache_root, download_cached, is_url
 
 CROWS_PAIRS_URL = "https://raw.githubusercontent.com/nyu-mll/crows-pairs/master/data/crows_pairs_anonymized.csv"
 WIKITEXT2_JOINED = "wikitext2_test_joined.txt"
@@ -42,33 +40,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("FAIR_GPTQ_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "fair_gptq") / "data"
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-def download_cached(url: str) -> Path:
-    """Fetch ``url`` once into the cache folder (written atomically) and return the local path."""
+def download_data(url: str) -> Path:
+    """Fetch ``url`` once into the shared download cache and return the local path."""
     name = hashlib.sha256(url.encode()).hexdigest()[:12] + "-" + url.rstrip("/").rsplit("/", 1)[-1]
-    target = cache_dir() / name
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            out.write(response.read())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise DataError(f"could not download {url}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        return download_cached(url, cache_root() / "data" / name)
+    except DownloadError as exc:
+        raise DataError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- CrowS-Pairs
@@ -93,7 +71,7 @@ class CrowsPairsData:
 def resolve_crows_pairs_source(source: str | None = None) -> str:
     """A local CSV path or a URL; raises :class:`DataError` for a local path that is not a file."""
     if source:
-        if _is_url(source):
+        if is_url(source):
             return source
         path = Path(source).expanduser()
         if not path.is_file():
@@ -108,7 +86,7 @@ def resolve_crows_pairs_source(source: str | None = None) -> str:
 def load_crows_pairs(source: str | None = None) -> CrowsPairsData:
     """Read the nyu-mll CrowS-Pairs CSV (columns sent_more, sent_less, stereo_antistereo, bias_type)."""
     resolved = resolve_crows_pairs_source(source)
-    path = download_cached(resolved) if _is_url(resolved) else Path(resolved)
+    path = download_data(resolved) if is_url(resolved) else Path(resolved)
     pairs = []
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fair_gptq.stereoset import cache_root  # one cache root ($FAIR_GPTQ_CACHE) for all caches
+from fair_gptq.cache import cache_root  # one cache root ($FAIR_GPTQ_CACHE) for all caches
 
 PRESET_INFO_FILE = "fair_gptq_preset.json"
 

@@ -19,17 +19,14 @@ import json
 import math
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fair_gptq.cache import DownloadError, UnusableDownload, cache_root, download_cached, is_url
+
 DEFAULT_STEREOSET_URL = "https://raw.githubusercontent.com/moinnadeem/StereoSet/master/data/dev.json"
-CACHE_ENV_VAR = "FAIR_GPTQ_CACHE"
-DOWNLOAD_TIMEOUT_SECONDS = 60
 
 BIAS_TYPES = ("gender", "profession", "race", "religion")
 GOLD_LABELS = ("stereotype", "anti-stereotype", "unrelated")
@@ -127,23 +124,8 @@ class PairSet:
 # --------------------------------------------------------------------------- sources
 
 
-def cache_root() -> Path:
-    """Root of Fair-GPTQ's caches: `$FAIR_GPTQ_CACHE`, else `~/.cache/fair_gptq`."""
-    override = os.environ.get(CACHE_ENV_VAR)
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "fair_gptq"
-
-
 def url_cache_path(url: str) -> Path:
     return cache_root() / "stereoset" / f"{hashlib.sha256(url.encode('utf-8')).hexdigest()}.json"
-
-
-def _offline_mode() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    return any(os.environ.get(var, "").strip().lower() in truthy for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
 
 
 def _default_local_file() -> Path | None:
@@ -164,7 +146,7 @@ def resolve_stereoset_source(source: str | os.PathLike | None) -> Path:
         local = _default_local_file()
         return local if local is not None else _download_cached(DEFAULT_STEREOSET_URL)
     text = os.fspath(source)
-    if _is_url(text):
+    if is_url(text):
         return _download_cached(text)
     path = Path(text).expanduser()
     if not path.is_file():
@@ -174,41 +156,13 @@ def resolve_stereoset_source(source: str | os.PathLike | None) -> Path:
 
 
 def _download_cached(url: str) -> Path:
-    cached = url_cache_path(url)
-    if cached.is_file():
-        return cached  # downloaded before: reused, also offline
     how_to_fix = "download it elsewhere and pass the local file instead (e.g. --stereoset /path/to/dev.json)"
-    if _offline_mode():
-        raise StereoSetSourceError(
-            f"StereoSet is not cached and offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): "
-            f"cannot download {url}; {how_to_fix}"
-        )
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-            payload = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise StereoSetSourceError(f"cannot download StereoSet from {url} ({error}); {how_to_fix}") from None
-    # Check before caching: an HTML error page cached as "dev.json" would be reused forever.
-    try:
-        json.loads(payload)
-    except ValueError:
+        return download_cached(url, url_cache_path(url), check=json.loads)
+    except UnusableDownload:
         raise StereoSetFormatError(f"{url} did not return JSON (nothing was cached); {how_to_fix}") from None
-    _write_atomically(cached, payload)
-    return cached
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Temp file + rename: a reader never sees a half-written cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(payload)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    except DownloadError as error:
+        raise StereoSetSourceError(f"StereoSet: {error}; {how_to_fix}") from None
 
 
 # --------------------------------------------------------------------------- loading and validation

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Quantize one model several ways and evaluate all of them: the paper's comparison and its controls.
+
+Variants (all share bits, group size, pair count and seeds; only what the name says differs):
+  fp                         the full-precision model
+  gptq                       plain GPTQ (alpha=0) through the same pipeline
+  fair-{all,lower,upper,lower-upper}   Fair-GPTQ at --alpha with each layer strategy
+  fair-all-a<alpha>          the alpha sweep of strategy `all`
+  ctrl-unrelated             stereotype paired with its item's unrelated sentence (same alpha, all layers)
+  ctrl-shuffled              stereotype paired with another item's anti-stereotype (seeded)
+  ctrl-file                  pairs from --pairs-file (e.g. generated paraphrases), when given
+
+Calibration uses the `calib` half of StereoSet dev and evaluation its `eval` half (see fair_gptq.stereoset),
+so no StereoSet score is measured on sentences a model was calibrated on. Finished quantizations
+(`fair_gptq_run.json` present) and finished evaluations are reused on a rerun.
+
+    python sanity-check/reproduce.py --suite all --out results/smollm2          # the full run (~90 min CPU)
+    python sanity-check/reproduce.py --suite all --quick --out outputs/quick    # within ~10 minutes
+    python sanity-check/reproduce.py --suite controls --out outputs/controls
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SWEEP = (0.01, 0.03, 0.1, 0.3, 1.0)
+QUICK_SWEEP = (0.1, 1.0)
+STRATEGIES = ("all", "lower", "upper", "lower-upper")
+
+
+def variant_table(suite: str, alpha: float, sweep, pairs_file: str | None, quick: bool) -> dict[str, list[str]]:
+    """name -> extra arguments of example_fair_gptq.py (None for the full-precision model)."""
+    variants: dict[str, list[str] | None] = {"fp": None, "gptq": ["--alpha", "0"]}
+    fair_all = ["--alpha", str(alpha), "--strategy", "all"]
+    if suite in ("paper", "all"):
+        strategies = ("all",) if quick else STRATEGIES
+        for strategy in strategies:
+            variants[f"fair-{strategy}"] = ["--alpha", str(alpha), "--strategy", strategy]
+        for a in sweep:
+            if a != alpha:
+                variants[f"fair-all-a{a:g}"] = ["--alpha", str(a), "--strategy", "all"]
+    if suite in ("controls", "all"):
+        variants.setdefault("fair-all", fair_all)
+        variants["ctrl-unrelated"] = fair_all + ["--pairs", "unrelated"]
+        variants["ctrl-shuffled"] = fair_all + ["--pairs", "shuffled"]
+        if pairs_file:
+            variants["ctrl-file"] = fair_all + ["--pairs", "file", "--pairs-file", pairs_file]
+    return variants
+
+
+def quantize_variant(name: str, extra: list[str], args, models_dir: Path) -> Path:
+    """Run the main job in a subprocess (fresh memory each time); reuse a finished model."""
+    out = models_dir / name
+    if (out / "fair_gptq_run.json").is_file() and not args.force:
+        print(f"[{name}] reusing {out}", flush=True)
+        return out
+    command = [sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--out", str(out),
+               "--overwrite", "--no-generate", "--max-pairs", str(args.pairs), "--group-size", str(args.group_size),
+               "--batch-size", "2", "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *extra]
+    if args.stereoset:
+        command += ["--stereoset", args.stereoset]
+    print(f"[{name}] quantizing: {' '.join(extra)}", flush=True)
+    started = time.time()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"[{name}] quantization failed (exit {done.returncode})")
+    print(f"[{name}] done in {time.time() - started:.0f} s", flush=True)
+    return out
+
+
+def evaluate(variants: dict, paths: dict[str, str], args, eval_dir: Path) -> int:
+    from evaluation import run_eval
+
+    argv = ["--out", str(eval_dir), "--tasks", args.tasks, "--device", args.device, "--seed", str(args.seed),
+            "--bootstrap", str(args.bootstrap)]
+    for name in variants:
+        argv += ["--model", f"{name}={paths[name]}"]
+    for flag, value in (("--max-items", args.max_items), ("--max-windows", args.max_windows),
+                        ("--seqlen", args.seqlen), ("--stereoset", args.stereoset)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return run_eval.main(argv)
+
+
+def headline(results: dict, model: str) -> dict:
+    """The few figures of one model that the summary table and the sweep plot need."""
+    per = results["per_model"].get(model, {})
+    crows = per.get("crows_pairs", {})
+    stereo = per.get("stereoset", {}).get("domains", {}).get("overall", {})
+    wiki = per.get("wikitext2", {})
+    return {"crows_pct_stereotype": crows.get("pct_stereotype"), "crows_ci": crows.get("pct_stereotype_ci"),
+            "stereoset_ss": stereo.get("ss"), "stereoset_ss_ci": stereo.get("ss_ci"),
+            "stereoset_lms": stereo.get("lms"), "stereoset_icat": stereo.get("icat"), "ppl": wiki.get("ppl")}
+
+
+def _fmt(value, ci=None, scale=1.0):
+    if value is None:
+        return "–"
+    text = f"{value * scale:.2f}"
+    if ci:
+        text += f" [{ci[0] * scale:.2f}, {ci[1] * scale:.2f}]"
+    return text
+
+
+def summary_table(results: dict, names: list[str], run_records: dict) -> str:
+    rows = ["| variant | pairs | alpha | CrowS % stereo [95% CI] | StereoSet SS [95% CI] | LMS | ICAT | WikiText-2 PPL |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        h = headline(results, name)
+        record = run_records.get(name, {})
+        pairs = record.get("calibration", {}).get("mode", "–")
+        alpha = record.get("arguments", {}).get("alpha", "–")
+        rows.append(f"| {name} | {pairs} | {alpha} | {_fmt(h['crows_pct_stereotype'], h['crows_ci'], 100)} | "
+                    f"{_fmt(h['stereoset_ss'], h['stereoset_ss_ci'])} | {_fmt(h['stereoset_lms'])} | "
+                    f"{_fmt(h['stereoset_icat'])} | {_fmt(h['ppl'])} |")
+    return "\n".join(rows)
+
+
+def sweep_plot(results: dict, sweep_names: dict[float, str], out: Path) -> str | None:
+    """Bias (CrowS % stereotype, StereoSet SS) against perplexity over the alpha sweep."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(a, headline(results, n)) for a, n in sorted(sweep_names.items())]
+    points = [(a, h) for a, h in points if h["ppl"] is not None]
+    if len(points) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label, scale in ((axes[0], "crows_pct_stereotype", "CrowS-Pairs % stereotype", 100),
+                                  (axes[1], "stereoset_ss", "StereoSet SS", 1)):
+        xs = [h["ppl"] for _, h in points if h[key] is not None]
+        ys = [h[key] * scale for _, h in points if h[key] is not None]
+        ax.plot(xs, ys, "o-")
+        for (a, h) in points:
+            if h[key] is not None:
+                ax.annotate(f"α={a:g}", (h["ppl"], h[key] * scale), textcoords="offset points", xytext=(4, 4))
+        ax.axhline(50 if scale == 1 else 50, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("WikiText-2 perplexity")
+        ax.set_ylabel(label)
+    fig.suptitle("Fair-GPTQ alpha sweep (strategy all); α=0 is plain GPTQ")
+    fig.tight_layout()
+    path = out / "alpha_sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def write_summary(variants, results, args, out: Path, models_dir: Path) -> None:
+    records = {}
+    for name in variants:
+        run_file = models_dir / name / "fair_gptq_run.json"
+        if run_file.is_file():
+            records[name] = json.loads(run_file.read_text())
+    sweep_names = {0.0: "gptq"}
+    for name, extra in variants.items():
+        if extra and name.startswith("fair-all") and "--pairs" not in extra:
+            sweep_names[float(extra[extra.index("--alpha") + 1])] = name
+    plot = sweep_plot(results, sweep_names, out)
+    controls = [n for n in ("fp", "gptq", "fair-all", "ctrl-unrelated", "ctrl-shuffled", "ctrl-file") if n in variants]
+    lines = [
+        f"# Fair-GPTQ experiments: {args.model}",
+        "",
+        f"Command: `{' '.join([Path(sys.executable).name] + sys.argv)}`  ",
+        f"Date: {time.strftime('%Y-%m-%d')}  ",
+        f"Versions: {json.dumps(next(iter(records.values()), {}).get('versions', {}))}",
+        "",
+        f"Calibration: {args.pairs} pairs from the `calib` half of StereoSet dev; StereoSet scores on the "
+        f"held-out `eval` half. CrowS % stereotype: ideal 50; SS: ideal 50; LMS and ICAT: ideal 100.",
+        "",
+        "## All variants",
+        "",
+        summary_table(results, list(variants), records),
+        "",
+        "## Controls",
+        "",
+        "Only the calibration pairs differ. If `stereo-anti` helps because of the bias direction its pairs carry, "
+        "it should move the bias scores more than `unrelated` and `shuffled`, at similar perplexity.",
+        "",
+        summary_table(results, controls, records),
+        "",
+    ]
+    if plot:
+        lines += ["## Alpha sweep", "", f"![bias vs perplexity]({plot})", ""]
+    lines += ["Per-task details with paired-bootstrap differences against `fp`: [eval/report.md](eval/report.md).", ""]
+    (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(
+        {"variants": {n: {"arguments": variants[n], **headline(results, n)} for n in variants}}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--suite", default="all", choices=["paper", "controls", "all"])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer pairs, items and windows, strategy all only, a two-point sweep (~10 min CPU)")
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--pairs", type=int, default=None, help="calibration pairs (default 128, quick 16)")
+    p.add_argument("--pairs-file", default=None, help="pairs for the ctrl-file variant")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--tasks", default="crows_pairs,stereoset,wikitext2")
+    p.add_argument("--max-items", type=int, default=None, help="CrowS/StereoSet items (default all, quick 150)")
+    p.add_argument("--max-windows", type=int, default=None, help="perplexity windows (default all, quick 4)")
+    p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default 2048, quick 512)")
+    p.add_argument("--stereoset", default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--force", action="store_true", help="re-quantize models that are already there")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.pairs = args.pairs or 16
+        args.max_items = args.max_items or 150
+        args.max_windows = args.max_windows or 4
+        args.seqlen = args.seqlen or 512
+    args.pairs = args.pairs or 128
+    sweep = QUICK_SWEEP if args.quick else SWEEP
+    variants = variant_table(args.suite, args.alpha, sweep, args.pairs_file, args.quick)
+
+    from fair_gptq.models import resolve_model
+    out = Path(args.out)
+    models_dir = out / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # the main job checks every input first; a dry run of the first quantized variant catches typos at once
+    check = subprocess.run([sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--dry-run",
+                            "--max-pairs", str(args.pairs)] + (["--stereoset", args.stereoset] if args.stereoset else []),
+                           cwd=ROOT, capture_output=True, text=True)
+    if check.returncode != 0:
+        sys.stderr.write(check.stderr)
+        return 2
+    paths = {"fp": resolve_model(args.model)}
+    for name, extra in variants.items():
+        if extra is not None:
+            paths[name] = str(quantize_variant(name, extra, args, models_dir))
+    code = evaluate(variants, paths, args, out / "eval")
+    if code != 0:
+        return code
+    results = json.loads((out / "eval" / "results.json").read_text())
+    write_summary(variants, results, args, out, models_dir)
+    print(f"summary: {out / 'summary.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
