@@ -16,6 +16,7 @@ SETTINGS = [
     dict(desc_act=False, group_size=-1),
     dict(desc_act=True, group_size=-1),
     dict(desc_act=True, group_size=32, static_groups=True),
+    dict(desc_act=False, group_size=32, dynamic={r".*\.fc1": {"group_size": 64}, r"-:.*\.3\.fc2": {}}),
 ]
 
 
@@ -97,3 +98,22 @@ def test_inactive_layers_match_upstream_when_alpha_is_positive(tiny_opt_dir, tmp
     before = [k for k in theirs if k.startswith(("model.decoder.layers.0.", "model.decoder.layers.1."))]
     assert_bit_identical(ours, theirs, before)
     assert not torch.equal(ours["model.decoder.layers.2.fc2.qweight"], theirs["model.decoder.layers.2.fc2.qweight"])
+
+
+@pytest.mark.parametrize("actorder", [False, True])
+def test_hf_optimum_fasterquant_matches_upstream(upstream_gptq, actorder):
+    """The HF-optimum path passes a plain module and no config: same outputs and same weights as upstream."""
+    torch.manual_seed(0)
+    inputs = [torch.randn(3, 10, 64) for _ in range(2)]
+    results = []
+    for cls in (GPTQ, upstream_gptq):
+        torch.manual_seed(1)
+        layer = nn.Linear(64, 48)
+        task = cls(layer)
+        task.quantizer.configure(bits=4, perchannel=True, sym=True)
+        for x in inputs:
+            task.add_batch(x, None)
+        scale, zero, g_idx, *_ = task.fasterquant(group_size=16, actorder=actorder)
+        results.append((layer.weight.data.clone(), scale, zero, g_idx))
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
