@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SWEEP = (0.01, 0.03, 0.1, 0.3, 1.0)
-QUICK_SWEEP = (0.1, 1.0)
+QUICK_SWEEP = ()  # quick: gptq (alpha 0) and fair-all (alpha 0.1) are the two points of the sweep plot
 STRATEGIES = ("all", "lower", "upper", "lower-upper")
 
 
@@ -205,13 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true",
-                   help="fewer pairs, items and windows, strategy all only, a two-point sweep (~10 min CPU)")
+                   help="16 pairs, 100 items, 4 short windows, strategy all only, no extra sweep points (~10 min CPU)")
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--pairs", type=int, default=None, help="calibration pairs (default 128, quick 16)")
     p.add_argument("--pairs-file", default=None, help="pairs for the ctrl-file variant")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--tasks", default="crows_pairs,stereoset,wikitext2")
-    p.add_argument("--max-items", type=int, default=None, help="CrowS/StereoSet items (default all, quick 150)")
+    p.add_argument("--max-items", type=int, default=None, help="CrowS/StereoSet items (default all, quick 100)")
     p.add_argument("--max-windows", type=int, default=None, help="perplexity windows (default all, quick 4)")
     p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default 2048, quick 512)")
     p.add_argument("--stereoset", default=None)
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.pairs = args.pairs or 16
-        args.max_items = args.max_items or 150
+        args.max_items = args.max_items or 100
         args.max_windows = args.max_windows or 4
         args.seqlen = args.seqlen or 512
     args.pairs = args.pairs or 128
