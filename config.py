@@ -24,6 +24,8 @@
 import copy
 import json
 import math
+import numbers
+import operator
 import os.path
 import re
 from dataclasses import dataclass, field, fields
@@ -210,7 +212,12 @@ def parse_select_layer(value: Union[str, int, List[int], Tuple[int, ...], None])
     for token in tokens:
         if isinstance(token, bool):
             raise ValueError(f"QuantizeConfig: `select_layer` holds {token!r}, not a layer index.")
-        if isinstance(token, int):
+        if not isinstance(token, str):
+            try:
+                token = operator.index(token)  # ints, numpy integers; not floats
+            except TypeError:
+                raise ValueError(f"QuantizeConfig: `select_layer` holds {token!r}, which is not a layer index "
+                                 f"(value {value!r}).") from None
             first, last = token, token
         elif isinstance(token, str) and re.fullmatch(r"\d+", token):
             first = last = int(token)
@@ -395,7 +402,7 @@ class QuantizeConfig():
     def _validate_fair_gptq_fields(self):
         """Check and normalise the Fair-GPTQ fields; every message names the field and the value."""
         alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise ValueError(f"QuantizeConfig: `alpha` must be a number, got {alpha!r}.")
         if not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"QuantizeConfig: `alpha` must be finite and >= 0, got {alpha!r}.")
@@ -419,8 +426,10 @@ class QuantizeConfig():
         """Whether the module gets the paired bias term: alpha > 0, not ignored, in a selected layer.
 
         `module_name` is the module's full dotted name; None (HF-optimum path, no name) never gets the term.
+        Only modules inside a repeating decoder layer (the layer index is a part of their name) are eligible:
+        GPTQModel also numbers lm_head with an index past the last layer, and lm_head never gets the term.
         """
-        if self.alpha <= 0 or module_name is None:
+        if self.alpha <= 0 or module_name is None or str(layer_index) not in module_name.split("."):
             return False
         if any(ignore_bias_matches(entry, module_name) for entry in self.ignore_bias_names()):
             return False

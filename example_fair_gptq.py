@@ -131,6 +131,8 @@ def check_arguments(args) -> None:
                          f"batch are one (stereotype, anti-stereotype) pair")
     if not args.alpha >= 0 or args.alpha == float("inf"):
         raise UsageError(f"--alpha must be finite and >= 0 (got {args.alpha})")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UsageError(f"--max-pairs must be >= 1 (got {args.max_pairs})")
     if args.group_size != -1 and args.group_size <= 0:
@@ -189,6 +191,10 @@ def make_quantize_config(args, plan: RunPlan, log_dir: str, device: str):
 def plan_run(args) -> RunPlan:
     """Everything that can fail on bad input, before any weight is loaded."""
     check_arguments(args)
+    # the data first: a bad file must not cost the conversion of a model preset
+    bias_types = [b.strip() for b in args.bias_types.split(",")] if args.bias_types else None
+    pairs = calibration_pairs(args.stereoset, args.pairs, part=args.split, bias_types=bias_types,
+                              max_pairs=args.max_pairs, seed=args.seed, pairs_file=args.pairs_file)
     from transformers import AutoConfig
     model_path = resolve_model(args.model)
     config = AutoConfig.from_pretrained(model_path)
@@ -212,9 +218,6 @@ def plan_run(args) -> RunPlan:
     except ValueError as e:
         raise UsageError(str(e)) from None
 
-    bias_types = [b.strip() for b in args.bias_types.split(",")] if args.bias_types else None
-    pairs = calibration_pairs(args.stereoset, args.pairs, part=args.split, bias_types=bias_types,
-                              max_pairs=args.max_pairs, seed=args.seed, pairs_file=args.pairs_file)
     plan = RunPlan(args=args, model_path=model_path, model_type=config.model_type, num_layers=num_layers,
                    fair_layer_indices=layer_indices, ignore_bias=ignore, pairs=pairs)
     plan.modules = module_plan(make_quantize_config(args, plan, LOG_FOLDER, "cpu"), config.model_type, num_layers)
@@ -266,7 +269,10 @@ def versions() -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    """Temp file + rename: the run record is never seen half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_delta_w_log(log_dir: Path) -> dict:

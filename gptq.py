@@ -539,7 +539,8 @@ class GPTQ:
         self._fair_records_shapes = named and alpha > 0
         self.fair_active = named and alpha > 0 and self.qcfg.fair_term_active(self.full_name, self.layer_index)
         self.H01 = None
-        self.n_pairs = 0
+        self.n_pairs = 0  # real pairs seen (logged)
+        self._fair_nsamples = 0  # H01's running-average count, in the unit upstream uses for H (see _fair_accumulate)
         self._fair_buffered_shapes = []
         if self.fair_active and not isinstance(self.module, (nn.Linear, transformers.Conv1D)):
             raise ValueError(f"Fair-GPTQ: module `{self.full_name}` is a {type(self.module).__name__}; the paired bias "
@@ -557,6 +558,10 @@ class GPTQ:
         batch_index = self.fwd_counter - 1
         if inp.dim() == 3:
             shape = (int(inp.shape[0]), int(inp.shape[1]))
+            if self.layer_index == 0 and batch_index == 0:
+                # the first batch of the first layer starts a quantization run: drop a previous run's shapes
+                for key in [k for k in _FAIR_BATCH_SHAPES if k[0] != 0]:
+                    del _FAIR_BATCH_SHAPES[key]
             _FAIR_BATCH_SHAPES[(self.layer_index, batch_index)] = shape
             return shape
         if not self.fair_active:
@@ -571,7 +576,12 @@ class GPTQ:
         return recorded
 
     def _fair_accumulate(self, inp: torch.Tensor, pair_shape: Tuple[int, int]):
-        """H01 <- running average of alpha (2/n_pairs) sum D D^T, updated exactly like H (per pair, not per row)."""
+        """H01 <- running average of alpha (2/n_pairs) sum D D^T, updated exactly like H.
+
+        Upstream counts a 3-D batch as `batch` samples but a flattened 2-D batch (OPT's fc1/fc2) as ONE sample,
+        which makes H `batch` times larger there. H01 is counted in the same unit as H, n_pairs = samples / 2, so
+        the H01 : H ratio, and with it W', is the same for both input layouts and for every batch size.
+        """
         batch_size, seq_len = pair_shape
         if batch_size % 2 != 0:
             raise ValueError(
@@ -580,12 +590,14 @@ class GPTQ:
                 f"batch size must be even.")
         sequences = inp.reshape(batch_size, seq_len, -1)
         new_pairs = batch_size // 2
+        samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H
         if self.H01 is None:
             self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
         else:
-            self.H01 *= self.n_pairs / (self.n_pairs + new_pairs)
+            self.H01 *= self._fair_nsamples / (self._fair_nsamples + samples)
+        self._fair_nsamples += samples
         self.n_pairs += new_pairs
-        scale = self.qcfg.alpha * 2 / self.n_pairs
+        scale = self.qcfg.alpha * 2 / (self._fair_nsamples / 2)
         # one pair at a time: a (seq, hidden) difference, never a copy of the whole batch
         for pair in range(new_pairs):
             delta = sequences[2 * pair].float() - sequences[2 * pair + 1].float()
@@ -619,7 +631,9 @@ class GPTQ:
         self.H01 = None
         W_times_H01 = W.matmul(H01)
         h01_diag = torch.diag(H01).clone()
-        # M reuses H01's memory, so a module never holds more than one extra columns x columns matrix at a time
+        # M reuses H01's memory: the only extra columns x columns matrix a module holds. Its Cholesky factor exists
+        # for the moment of the solve below (an in-place factorisation would leave nothing to retry with when
+        # the dampening has to be raised).
         M = H01.add_(H) if self.qcfg.sum_hessians else H01.copy_(H)
         del H01
         dead = torch.diag(H) == 0  # the same dead-column rule as the GPTQ inverse below
@@ -629,7 +643,7 @@ class GPTQ:
         # (W H01 M^-1)^T = M^-1 (W H01)^T: one triangular solve pair instead of an explicit inverse
         delta_W = torch.cholesky_solve(W_times_H01.t(), L).t()
         del L, W_times_H01
-        W_norm = torch.linalg.norm(W).item()
+        W_norm = torch.linalg.norm(W).item() if self.qcfg.log_delta_w else 0.0
         W.sub_(delta_W)
         if self.qcfg.log_delta_w:
             delta_norm = torch.linalg.norm(delta_W).item()
@@ -639,17 +653,21 @@ class GPTQ:
                 "delta_w_fro": delta_norm, "relative_delta_w": delta_norm / W_norm if W_norm > 0 else 0.0,
             })
         del delta_W
-        self._fair_h01_diag = h01_diag if self.qcfg.log_hessian_sensitivity else None
-        return W, (W.clone() if self.qcfg.log_hessian_sensitivity else None)
+        if not self.qcfg.log_hessian_sensitivity:
+            return W, None
+        self._fair_h01_diag = h01_diag
+        shifted_copy = W.clone()
+        shifted_copy[:, dead] = 0  # GPTQ zeroes dead columns of W' before quantizing: compare like with like
+        return W, shifted_copy
 
     def _fair_log_sensitivity(self, shifted_W: torch.Tensor, Q: torch.Tensor):
         """Per column j: H01[j,j] * ||W'[:,j] - Q[:,j]||_2, measured after quantization, written sorted as CSV."""
         error = torch.linalg.norm(shifted_W - Q.to(shifted_W.dtype), dim=0)
         sensitivity = self._fair_h01_diag * error
         order = torch.argsort(sensitivity, descending=True).tolist()
+        h01_diag, error, sensitivity = (t.tolist() for t in (self._fair_h01_diag, error, sensitivity))
         rows = ["column,h01_diag,weight_error_l2,sensitivity"]
-        rows += [f"{j},{self._fair_h01_diag[j].item():.9g},{error[j].item():.9g},{sensitivity[j].item():.9g}"
-                 for j in order]
+        rows += [f"{j},{h01_diag[j]:.9g},{error[j]:.9g},{sensitivity[j]:.9g}" for j in order]
         folder = os.path.join(self.qcfg.log_dir, "hessian_sensitivity")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.full_name}.csv")

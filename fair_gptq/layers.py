@@ -162,9 +162,10 @@ def decoder_linear_names(config_or_path) -> list[str]:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     first_layer = _find_decoder_layers(model, num_decoder_layers(config))[0]
-    names = [name for name, module in first_layer.named_modules() if isinstance(module, nn.Linear)]
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style layers, which GPTQ quantizes like nn.Linear
+    names = [name for name, module in first_layer.named_modules() if isinstance(module, (nn.Linear, Conv1D))]
     if not names:
-        raise ValueError(f"no nn.Linear modules found in the decoder layers of {type(model).__name__}")
+        raise ValueError(f"no linear (nn.Linear or Conv1D) modules found in the decoder layers of {type(model).__name__}")
     return names
 
 

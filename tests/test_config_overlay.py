@@ -106,4 +106,13 @@ def test_gating_rule():
     assert cfg.fair_term_active("model.decoder.layers.1.fc11", 1)
     assert not cfg.fair_term_active("model.decoder.layers.2.fc2", 2)
     assert not cfg.fair_term_active(None, 1)
+    assert not QuantizeConfig(alpha=0.1).fair_term_active("lm_head", 4)  # GPTQModel numbers lm_head past the layers
     assert not QuantizeConfig(alpha=0.0).fair_term_active("model.decoder.layers.1.fc2", 1)
+
+
+def test_numpy_numbers_are_accepted():
+    import numpy as np
+    cfg = QuantizeConfig(alpha=np.float32(0.25), select_layer=[np.int64(3), 1])
+    assert cfg.alpha == 0.25 and type(cfg.alpha) is float and cfg.selected_layers() == (1, 3)
+    with pytest.raises(ValueError, match="not a layer index"):
+        QuantizeConfig(select_layer=[1.0])

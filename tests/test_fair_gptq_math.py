@@ -128,17 +128,25 @@ def test_batch_of_four_and_two_batches_of_two_give_the_same_h01():
     torch.testing.assert_close(g4.H01.double(), H01, rtol=1e-5, atol=1e-5)
 
 
-def test_flattened_input_is_paired_through_the_3d_shape_of_its_layer():
-    batch = paired_inputs(2, seed=7)
-    attention = named_linear(layer_index=11, name="self_attn.q_proj")
-    mlp = named_linear(layer_index=11, name="fc1")
-    cfg = QuantizeConfig(alpha=0.2, desc_act=False)
-    GPTQ(attention, cfg).add_batch(batch, None)  # records (4, SEQ) for layer 11, batch 0
-    flat = GPTQ(mlp, cfg)
-    flat.add_batch(batch.reshape(-1, COLS), None)
-    reference = GPTQ(named_linear(layer_index=11, name="fc1"), cfg)
-    reference.add_batch(batch, None)
-    torch.testing.assert_close(flat.H01, reference.H01)
+@pytest.mark.parametrize("batch_pairs", [1, 2, 4])
+def test_flattened_input_gets_the_same_shift_as_3d_input(batch_pairs):
+    """OPT's fc1/fc2 see (batch*seq, hidden): the pairs come from the layer's 3-D shape, and although upstream
+    counts such a batch as one sample in H, the shift W' must equal the one of the same data given in 3-D."""
+    batches = [paired_inputs(batch_pairs, seed=7 + i) for i in range(2)]
+    layer = 11 + batch_pairs
+    cfg = QuantizeConfig(alpha=0.5, desc_act=False)
+    attention = GPTQ(named_linear(layer_index=layer, name="self_attn.q_proj"), cfg)
+    flat = GPTQ(named_linear(layer_index=layer, name="fc1"), cfg)
+    reference = GPTQ(named_linear(layer_index=layer, name="fc1"), cfg)
+    for batch in batches:
+        attention.add_batch(batch, None)  # records (2*batch_pairs, SEQ) for this layer and batch
+        flat.add_batch(batch.reshape(-1, COLS), None)
+        reference.add_batch(batch, None)
+    assert flat.n_pairs == reference.n_pairs == 2 * batch_pairs
+    # H and H01 are both `batch size` times larger for the flattened layout; their ratio is what matters
+    torch.testing.assert_close(flat.H01, reference.H01 * 2 * batch_pairs, rtol=1e-5, atol=1e-4)
+    expected, _, _ = reference_shift(flat.module_copy, batches, 0.5, 1, cfg.damp_percent)
+    torch.testing.assert_close(captured_shift(flat).double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_odd_batch_is_rejected_with_the_module_name():
@@ -185,6 +193,7 @@ def test_logs_are_written_only_when_asked(tmp_path):
     assert record["relative_delta_w"] == pytest.approx(delta / torch.linalg.norm(W).item(), rel=1e-3)
 
     lines = (tmp_path / "on" / "hessian_sensitivity" / "model.layers.0.mlp.fc.csv").read_text().splitlines()
+    assert "n_pairs" in record and record["n_pairs"] == 2
     assert lines[0] == "column,h01_diag,weight_error_l2,sensitivity" and len(lines) == COLS + 1
     rows = [line.split(",") for line in lines[1:]]
     values = [float(r[3]) for r in rows]
@@ -192,3 +201,18 @@ def test_logs_are_written_only_when_asked(tmp_path):
     expected_sens = torch.diag(H01) * torch.linalg.norm(expected - Q.double(), dim=0)
     for column, _, _, value in rows[:5]:
         assert float(value) == pytest.approx(expected_sens[int(column)].item(), rel=1e-2, abs=1e-4)
+
+
+def test_dead_columns_have_no_sensitivity_error(tmp_path):
+    batch = paired_inputs(2)
+    batch[..., 5] = 0  # column 5 never sees input: GPTQ zeroes it in W'
+    g = run_gptq(named_linear(), [batch], alpha=0.5, log_hessian_sensitivity=1, log_dir=str(tmp_path))
+    g.quantize()
+    rows = {r.split(",")[0]: r.split(",") for r in
+            (tmp_path / "hessian_sensitivity" / "model.layers.0.mlp.fc.csv").read_text().splitlines()[1:]}
+    assert float(rows["5"][1]) == 0 and float(rows["5"][2]) == 0
+
+
+def test_lm_head_never_gets_the_term():
+    lm_head = NamedModule(nn.Linear(COLS, ROWS), name="lm_head", full_name="lm_head", layer_index=4)
+    assert not GPTQ(lm_head, QuantizeConfig(alpha=0.5)).fair_active

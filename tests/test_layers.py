@@ -190,3 +190,11 @@ def test_installed_overlay_provides_the_matcher():
         pytest.skip("Fair-GPTQ overlay not installed in this environment (bash install_overlay.sh)")
     for entry, module in [("fc1", "fc11"), ("proj", "self_attn.q_proj"), ("q_proj", "self_attn.q_proj")]:
         assert config_module.ignore_bias_matches(entry, module) is _reference_matcher(entry, module)
+
+
+def test_gpt2_conv1d_modules_are_found():
+    """GPT-2 keeps its projections in transformers' Conv1D, which GPTQ quantizes like nn.Linear."""
+    from transformers import GPT2Config
+
+    names = layers.decoder_linear_names(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    assert {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"} <= set(names)
