@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full reproduction on SmolLM2-135M (offline, CPU, about 90 minutes): FP, GPTQ, Fair-GPTQ strategies,
+# Full reproduction on SmolLM2-135M (offline, CPU, about an hour on 2 cores): FP, GPTQ, Fair-GPTQ strategies,
 # the alpha sweep and the controls, evaluated on CrowS-Pairs, held-out StereoSet and WikiText-2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
