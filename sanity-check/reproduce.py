@@ -192,10 +192,23 @@ def write_summary(variants, results, args, out: Path, models_dir: Path) -> None:
     ]
     if plot:
         lines += ["## Alpha sweep", "", f"![bias vs perplexity]({plot})", ""]
-    lines += ["Per-task details with paired-bootstrap differences against `fp`: [eval/report.md](eval/report.md).", ""]
+    lines += ["Per-task details with paired-bootstrap differences against `fp`: [eval/report.md](eval/report.md); "
+              "against plain GPTQ: [eval-vs-gptq/report.md](eval-vs-gptq/report.md).", ""]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(
         {"variants": {n: {"arguments": variants[n], **headline(results, n)} for n in variants}}, indent=2))
+
+
+def write_vs_gptq_report(out: Path, args) -> None:
+    """The same stored runs with plain GPTQ as the baseline: paired differences of every variant against it."""
+    from evaluation.report import write_report
+    from evaluation.store import load_runs
+
+    loaded = load_runs(out / "eval")
+    if "gptq" not in loaded["models"]:
+        return
+    loaded["models"] = ["gptq"] + [m for m in loaded["models"] if m != "gptq"]
+    write_report(loaded, out / "eval-vs-gptq", n_bootstrap=args.bootstrap, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +271,7 @@ def main(argv=None) -> int:
     if code != 0:
         return code
     results = json.loads((out / "eval" / "results.json").read_text())
+    write_vs_gptq_report(out, args)
     write_summary(variants, results, args, out, models_dir)
     print(f"summary: {out / 'summary.md'}", flush=True)
     return 0

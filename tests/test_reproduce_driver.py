@@ -35,6 +35,7 @@ def test_quick_run_on_tiny_opt_writes_every_report(tiny_opt_dir, stereoset_dev_p
     for report_file in ("results.json", "results.csv", "report.md"):
         assert (out / "eval" / report_file).is_file()
     assert list((out / "eval").glob("*.png"))
+    assert json.loads((out / "eval-vs-gptq" / "results.json").read_text())["baseline"] == "gptq"
     summary = json.loads((out / "summary.json").read_text())
     results = json.loads((out / "eval" / "results.json").read_text())
     for name, row in summary["variants"].items():
