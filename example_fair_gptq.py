@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fair_gptq import layers as fair_layers  # noqa: E402
+from fair_gptq.cache import write_bytes_atomically  # noqa: E402
 from fair_gptq.models import PresetUnavailableError, resolve_model  # noqa: E402
 from fair_gptq.stereoset import PAIR_MODES, StereoSetError, calibration_pairs  # noqa: E402
 
@@ -270,9 +271,7 @@ def versions() -> dict:
 
 def write_json(path: Path, payload: dict) -> None:
     """Temp file + rename: the run record is never seen half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomically(path, (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def read_delta_w_log(log_dir: Path) -> dict:

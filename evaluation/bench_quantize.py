@@ -30,20 +30,14 @@ CONFIGS = {
 
 def use_upstream_gptq() -> None:
     """Point GPTQModel's processor at the upstream GPTQ class kept beside the overlay."""
-    import importlib.machinery
-    import importlib.util
-
     import gptqmodel.looper.gptq_processor as processor
-    import gptqmodel.quantization
 
-    path = Path(gptqmodel.quantization.__file__).parent / "gptq.py.upstream"
-    if not path.is_file():
-        raise SystemExit(f"{path} missing: install the overlay with `bash install_overlay.sh`")
-    name = "gptqmodel.quantization._upstream_gptq"
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    loader.exec_module(module)
-    processor.GPTQ = module.GPTQ
+    from fair_gptq.upstream import load_upstream_module
+
+    try:
+        processor.GPTQ = load_upstream_module("gptq").GPTQ
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
 
 
 def run_one(args) -> dict:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from fair_gptq.cache import write_bytes_atomically
 
 RUN_FORMAT = "fair_gptq.evaluation.run/1"
 MANIFEST = "manifest.json"
@@ -31,17 +31,8 @@ def _clean(obj):
 
 def write_json_atomic(path: Path, payload) -> None:
     """Write JSON to a temporary file in the same folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_clean(payload), handle, indent=1, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = json.dumps(_clean(payload), indent=1, allow_nan=False) + "\n"
+    write_bytes_atomically(Path(path), text.encode("utf-8"))
 
 
 def run_path(out_dir: Path, model: str, task: str) -> Path:

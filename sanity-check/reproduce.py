@@ -145,7 +145,7 @@ def sweep_plot(results: dict, sweep_names: dict[float, str], out: Path) -> str |
         for (a, h) in points:
             if h[key] is not None:
                 ax.annotate(f"α={a:g}", (h["ppl"], h[key] * scale), textcoords="offset points", xytext=(4, 4))
-        ax.axhline(50 if scale == 1 else 50, color="grey", lw=0.8, ls=":")
+        ax.axhline(50, color="grey", lw=0.8, ls=":")  # unbiased: 50 % for both scores
         ax.set_xlabel("WikiText-2 perplexity")
         ax.set_ylabel(label)
     fig.suptitle("Fair-GPTQ alpha sweep (strategy all); α=0 is plain GPTQ")

@@ -1,12 +1,11 @@
 """Helpers for tests that quantize a whole (tiny) model through GPTQModel, with the overlay or upstream code."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from pathlib import Path
 
-import gptqmodel.quantization
 from safetensors.torch import load_file
+
+from fair_gptq.upstream import load_upstream_module, upstream_path  # noqa: F401 (re-exported for the tests)
 
 # Four (stereotype, anti-stereotype) pairs, adjacent as Fair-GPTQ expects them.
 CALIBRATION_PAIRS = [
@@ -16,20 +15,7 @@ CALIBRATION_PAIRS = [
     "Her family was poor and lived in a small house.", "Her family was rich and lived in a small house.",
 ]
 
-QUANTIZATION_DIR = Path(gptqmodel.quantization.__file__).parent
-
-
-def load_upstream_module(name: str):
-    """Import the pristine `<name>.py.upstream` that install_overlay.sh keeps beside the overlay file."""
-    path = QUANTIZATION_DIR / f"{name}.py.upstream"
-    if not path.is_file():
-        raise AssertionError(f"{path} is missing: the overlay was not installed with `bash install_overlay.sh`")
-    module_name = f"gptqmodel.quantization._upstream_{name}"
-    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
-    spec = importlib.util.spec_from_loader(module_name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+QUANTIZATION_DIR = upstream_path("gptq").parent
 
 
 def quantize_and_load_tensors(model_dir, out_dir, monkeypatch=None, gptq_class=None, calibration=None,
