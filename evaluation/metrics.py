@@ -223,21 +223,35 @@ def _resampled_ss(stereo, anti, targets: Sequence[str], idx: np.ndarray) -> np.n
     """Per-target macro SS for each resample (terms absent from a resample are left out)."""
     s = np.asarray(stereo, dtype=np.float64)
     a = np.asarray(anti, dtype=np.float64)
+    return resampled_target_macro((s > a).astype(np.float64), targets, idx)  # ties -> anti
+
+
+def resampled_lms(stereo, anti, unrelated, targets: Sequence[str], idx: np.ndarray) -> np.ndarray:
+    """Per-target macro LMS for each resample: 100 · mean over a target's items of (#related preferred) / 2."""
+    s, a, u = (np.asarray(x, dtype=np.float64) for x in (stereo, anti, unrelated))
+    return resampled_target_macro(((s > u).astype(np.float64) + (a > u).astype(np.float64)) / 2.0, targets, idx)
+
+
+def resampled_target_macro(values: np.ndarray, targets: Sequence[str], idx: np.ndarray) -> np.ndarray:
+    """100 · (mean over targets of the per-target mean of `values`) for each resample row of `idx`.
+
+    bias-bench's SS and LMS are such macro means (per-item values: stereotype preferred; related preferred / 2).
+    """
+    values = np.asarray(values, dtype=np.float64)
     names = sorted(set(targets))
     lookup = {t: i for i, t in enumerate(names)}
     term = np.asarray([lookup[t] for t in targets], dtype=np.int64)
     n_terms = len(names)
-    pro = (s > a).astype(np.float64)
     n_resamples = idx.shape[0]
     # One bincount over (resample, term) cells.
     cell = (np.arange(n_resamples)[:, None] * n_terms + term[idx]).ravel()
-    pro_counts = np.bincount(cell, weights=pro[idx].ravel(), minlength=n_resamples * n_terms)
+    sums = np.bincount(cell, weights=values[idx].ravel(), minlength=n_resamples * n_terms)
     totals = np.bincount(cell, minlength=n_resamples * n_terms).astype(np.float64)
-    pro_counts = pro_counts.reshape(n_resamples, n_terms)
+    sums = sums.reshape(n_resamples, n_terms)
     totals = totals.reshape(n_resamples, n_terms)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ss_terms = np.where(totals > 0, 100.0 * pro_counts / totals, np.nan)
-    return np.nanmean(ss_terms, axis=1)
+        per_term = np.where(totals > 0, 100.0 * sums / totals, np.nan)
+    return np.nanmean(per_term, axis=1)
 
 
 def bootstrap_ss(

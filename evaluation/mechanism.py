@@ -1,0 +1,159 @@
+"""The quantity Fair-GPTQ minimises, measured out of sample: ‖Q D‖ / ‖W D‖ on held-out pairs.
+
+Fair-GPTQ shifts each weight matrix W towards a W′ with a small W′·D, where D = X_s − X_a is the difference
+between a module's inputs on a stereotype sentence and on its anti-stereotype twin. If the shift generalises,
+the quantized weights Q of a Fair-GPTQ model give a smaller ‖Q D‖ than plain GPTQ's on pairs it never saw.
+
+Here D comes from the full-precision model (the same inputs for every variant), one pair at a time, with no
+padding: the two sentences are compared position by position over their common length (for the pairs whose
+token counts are equal, that is exact alignment; the `equal_length` figures use only those). For every module
+the sums Σ_pairs ‖W D‖²_F and Σ_pairs ‖Q D‖²_F are accumulated; the ratio sqrt(ΣQ / ΣW) is reported per module
+and over all modules. Per-pair totals over all modules are kept so that two variants can be compared with a
+paired bootstrap over the pairs (`paired_ratio_difference`).
+
+Q is read off the quantized module itself: for a linear map y = Q x + b, feeding the identity matrix gives
+Qᵀ + b and feeding zeros gives b, whatever kernel stores the int4 weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evaluation import metrics
+
+MECHANISM_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def squared_norm(matrix: torch.Tensor, differences: torch.Tensor) -> float:
+    """‖M Dᵀ‖²_F for D with one difference vector per row (float64)."""
+    product = differences.to(torch.float64) @ matrix.to(torch.float64).T
+    return float((product * product).sum())
+
+
+def ratio(q_sum: float, w_sum: float) -> float:
+    """sqrt(Σ‖QD‖² / Σ‖WD‖²): 1 = no change from full precision, < 1 = the pair difference is damped."""
+    return float(np.sqrt(q_sum / w_sum)) if w_sum > 0 else float("nan")
+
+
+def paired_ratio_difference(w_per_pair, q_a_per_pair, q_b_per_pair, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """ratio(B) − ratio(A) over the same pairs, with a paired-bootstrap 95 % interval (pairs resampled)."""
+    w, qa, qb = (np.asarray(x, dtype=np.float64) for x in (w_per_pair, q_a_per_pair, q_b_per_pair))
+    if not (w.size == qa.size == qb.size) or w.size == 0:
+        raise ValueError("paired_ratio_difference needs the same, non-empty set of pairs for both variants")
+    q = (qa, qb)
+
+    def resampled(idx, model):
+        return np.sqrt(q[model][idx].sum(axis=1) / w[idx].sum(axis=1))
+
+    low, high = metrics.paired_bootstrap_diff(resampled, w.size, n_resamples, seed)
+    return {"diff": ratio(qb.sum(), w.sum()) - ratio(qa.sum(), w.sum()), "ci": [low, high], "n": int(w.size)}
+
+
+# ----------------------------------------------------------------------------- model access
+
+
+def linear_matrix(module: torch.nn.Module, columns: int) -> torch.Tensor:
+    """The (out, in) matrix a linear-like module applies, in float32 (dequantized for GPTQ modules)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point and weight.dim() == 2:
+        return weight.detach().float().cpu()
+    # the kernel's own activation dtype (its float buffers: scales), so the forward runs as in evaluation
+    floats = [t for t in module.buffers() if t.dtype.is_floating_point]
+    device = floats[0].device if floats else torch.device("cpu")
+    dtype = floats[0].dtype if floats else torch.float32
+    with torch.no_grad():
+        eye = torch.eye(columns, dtype=dtype, device=device)
+        zero = torch.zeros(1, columns, dtype=dtype, device=device)
+        return (module(eye) - module(zero)).T.float().cpu()
+
+
+def _submodule(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"module {name!r} not found in {type(model).__name__}") from None
+
+
+def _encode(tokenizer, text: str, device) -> dict:
+    encoded = tokenizer(text, return_tensors="pt")
+    return {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
+
+
+def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs: list[tuple[str, str]],
+            progress: bool = True) -> dict:
+    """Per module and overall Σ‖WD‖², Σ‖QD‖² and ratios, over all pairs and over the equal-length pairs.
+
+    `fp_model` provides both D (its module inputs) and W; `quantized_model` provides Q (same module names).
+    """
+    fp_modules = {name: _submodule(fp_model, name) for name in module_names}
+    q_matrices = {}
+    for name, module in fp_modules.items():
+        columns = module.weight.shape[1]
+        q_matrices[name] = linear_matrix(_submodule(quantized_model, name), columns)
+        if q_matrices[name].shape != module.weight.shape:
+            raise ValueError(f"{name}: quantized matrix {tuple(q_matrices[name].shape)} does not match "
+                             f"the full-precision weight {tuple(module.weight.shape)}")
+    w_matrices = {name: m.weight.detach().float().cpu() for name, m in fp_modules.items()}
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def capture(_module, args):
+            captured[name] = args[0].detach()[0].float().cpu()  # (tokens, columns) of the single sentence
+        return capture
+
+    handles = [fp_modules[name].register_forward_pre_hook(hook(name)) for name in module_names]
+    device = next(fp_model.parameters()).device
+    totals = {name: {"w_all": 0.0, "q_all": 0.0, "w_equal": 0.0, "q_equal": 0.0} for name in module_names}
+    per_pair_w, per_pair_q, equal_length, n_positions = [], [], [], 0
+    try:
+        iterator = pairs
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(pairs, desc="mechanism", mininterval=10)
+        for stereotype, anti in iterator:
+            inputs = []
+            with torch.no_grad():
+                for text in (stereotype, anti):
+                    captured.clear()
+                    fp_model(**_encode(tokenizer, text, device))
+                    inputs.append(dict(captured))
+            length = min(inputs[0][module_names[0]].shape[0], inputs[1][module_names[0]].shape[0])
+            same = inputs[0][module_names[0]].shape[0] == inputs[1][module_names[0]].shape[0]
+            pair_w = pair_q = 0.0
+            for name in module_names:
+                d = inputs[0][name][:length] - inputs[1][name][:length]
+                w_sq, q_sq = squared_norm(w_matrices[name], d), squared_norm(q_matrices[name], d)
+                totals[name]["w_all"] += w_sq
+                totals[name]["q_all"] += q_sq
+                if same:
+                    totals[name]["w_equal"] += w_sq
+                    totals[name]["q_equal"] += q_sq
+                pair_w, pair_q = pair_w + w_sq, pair_q + q_sq
+            per_pair_w.append(pair_w)
+            per_pair_q.append(pair_q)
+            equal_length.append(same)
+            n_positions += length
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    modules = {name: {**t, "ratio_all": ratio(t["q_all"], t["w_all"]), "ratio_equal": ratio(t["q_equal"], t["w_equal"])}
+               for name, t in totals.items()}
+    w_all, q_all = np.asarray(per_pair_w), np.asarray(per_pair_q)
+    mask = np.asarray(equal_length, dtype=bool)
+    return {
+        "version": MECHANISM_VERSION,
+        "n_pairs": len(pairs),
+        "n_equal_length": int(mask.sum()),
+        "n_positions": n_positions,
+        "modules": modules,
+        "overall": {"ratio_all": ratio(q_all.sum(), w_all.sum()),
+                    "ratio_equal": ratio(q_all[mask].sum(), w_all[mask].sum())},
+        "per_pair": {"w": w_all.tolist(), "q": q_all.tolist(), "equal_length": mask.tolist()},
+    }

@@ -1,0 +1,114 @@
+"""The controlled study's comparisons: paired differences at equal alpha and bias at matched perplexity.
+
+Every variant is scored on the same items (all CrowS-Pairs, all held-out StereoSet items) and the same
+WikiText-2 windows, so two variants are compared with a paired bootstrap: items are resampled once and both
+variants' statistics are computed on the same resample.
+
+Matched perplexity. Degrading a model pushes bias scores towards 50 whatever causes the degradation, so a
+bias decrease means little unless it beats what other variants of the *same perplexity* show. Each curve
+(one calibration mode over alpha, starting at plain GPTQ, alpha = 0; or the degradation references, plain
+GPTQ with fewer bits or no groups) is interpolated linearly in log-perplexity; the method's bias at its own
+perplexity is compared with each curve's interpolated bias there. The interval resamples items (the bias
+values of every point of both curves move together); perplexity is treated as fixed (16 windows × 2,048
+tokens measure it to well under the spacing of the curves). No extrapolation: outside a curve's perplexity
+range the comparison is reported as not available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evaluation import metrics
+from evaluation.tasks import geometric_mean_scores
+
+BIAS_METRICS = ("crows", "ss", "lms")
+METRIC_TASK = {"crows": "crows_pairs", "ss": "stereoset", "lms": "stereoset"}
+METRIC_LABEL = {"crows": "CrowS-Pairs % stereotype", "ss": "StereoSet SS", "lms": "StereoSet LMS"}
+
+
+def item_keys(run: dict, metric: str) -> list:
+    per_item = run["per_item"]
+    return list(per_item["index"] if METRIC_TASK[metric] == "crows_pairs" else per_item["key"])
+
+
+def resampler(run: dict, metric: str):
+    """statistic(idx) -> one value per resample row of idx (idx indexes the run's items in stored order)."""
+    per_item = run["per_item"]
+    if metric == "crows":
+        pct = 100.0 * metrics.crows_pair_scores(per_item["ll_more"], per_item["ll_less"])["pct_stereotype"]
+        return lambda idx: pct[idx].mean(axis=1)
+    stereo, anti, unrelated = (geometric_mean_scores(per_item, kind)
+                               for kind in ("stereotype", "anti_stereotype", "unrelated"))
+    targets = list(per_item["target"])
+    if metric == "ss":
+        return lambda idx: metrics._resampled_ss(stereo, anti, targets, idx)
+    if metric == "lms":
+        return lambda idx: metrics.resampled_lms(stereo, anti, unrelated, targets, idx)
+    raise ValueError(f"unknown bias metric {metric!r} (one of {', '.join(BIAS_METRICS)})")
+
+
+def point_value(run: dict, metric: str) -> float:
+    n = len(item_keys(run, metric))
+    return float(resampler(run, metric)(np.arange(n)[None, :])[0])
+
+
+def _check_same_items(runs: list[dict], metric: str) -> int:
+    keys = item_keys(runs[0], metric)
+    for run in runs[1:]:
+        if item_keys(run, metric) != keys:
+            raise ValueError(f"{METRIC_LABEL[metric]}: the variants were scored on different items; "
+                             "the study compares full sets in the same order only")
+    return len(keys)
+
+
+def interval(run: dict, metric: str, n_resamples: int, seed: int) -> list[float]:
+    """95 % bootstrap interval of one variant's statistic."""
+    n = len(item_keys(run, metric))
+    return list(metrics.bootstrap_ci(resampler(run, metric), n, n_resamples, seed))
+
+
+def paired_difference(run_a: dict, run_b: dict, metric: str, n_resamples: int, seed: int) -> dict:
+    """B − A on the same items, with a paired-bootstrap 95 % interval."""
+    n = _check_same_items([run_a, run_b], metric)
+    stats = (resampler(run_a, metric), resampler(run_b, metric))
+    low, high = metrics.paired_bootstrap_diff(lambda idx, m: stats[m](idx), n, n_resamples, seed)
+    return {"diff": point_value(run_b, metric) - point_value(run_a, metric), "ci": [low, high], "n": n}
+
+
+def interpolate_log_ppl(ppls, values, at_ppl: float):
+    """Linear interpolation of values(log ppl) at `at_ppl`; None outside [min ppl, max ppl].
+
+    `values` may be 2-D (points × resamples): then one interpolated value per resample.
+    """
+    ppls = np.asarray(ppls, dtype=np.float64)
+    order = np.argsort(ppls, kind="stable")
+    x = np.log(ppls[order])
+    y = np.asarray(values, dtype=np.float64)[order]
+    target = float(np.log(at_ppl))
+    if target < x[0] - 1e-12 or target > x[-1] + 1e-12:
+        return None
+    if y.ndim == 1:
+        return float(np.interp(target, x, y))
+    return np.array([np.interp(target, x, column) for column in y.T])
+
+
+def matched_ppl_difference(method_run: dict, method_ppl: float, curve_runs: list[dict], curve_ppls: list[float],
+                           metric: str, n_resamples: int, seed: int) -> dict:
+    """method − curve(interpolated at the method's perplexity), with a bootstrap over items shared by all."""
+    if len(curve_runs) < 2:
+        raise ValueError("a curve needs at least two points")
+    n = _check_same_items([method_run, *curve_runs], metric)
+    full = np.arange(n)[None, :]
+    point_curve = interpolate_log_ppl(curve_ppls, [resampler(r, metric)(full)[0] for r in curve_runs], method_ppl)
+    if point_curve is None:
+        return {"diff": None, "ci": None, "n": n, "curve_value": None,
+                "note": f"perplexity {method_ppl:.2f} outside the curve's range "
+                        f"[{min(curve_ppls):.2f}, {max(curve_ppls):.2f}]"}
+    idx = metrics.bootstrap_indices(n, n_resamples, seed)
+    method_values = resampler(method_run, metric)(idx)
+    curve_values = interpolate_log_ppl(curve_ppls, np.stack([resampler(r, metric)(idx) for r in curve_runs]),
+                                       method_ppl)
+    low, high = metrics._percentile_ci(method_values - curve_values)
+    method_point = point_value(method_run, metric)
+    return {"diff": method_point - point_curve, "ci": [low, high], "n": n, "curve_value": point_curve,
+            "method_value": method_point}

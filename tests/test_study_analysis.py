@@ -1,0 +1,135 @@
+"""The study's comparisons and the mechanism measurement, on hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation import mechanism, metrics, study
+
+
+def crows_run(stereo_wins: list[int]) -> dict:
+    """A stored CrowS run whose pair i prefers the stereotype sentence iff stereo_wins[i]."""
+    more = [-1.0 if w else -2.0 for w in stereo_wins]
+    return {"per_item": {"index": list(range(len(stereo_wins))), "ll_more": more, "ll_less": [-1.5] * len(more)}}
+
+
+def stereo_run(targets, stereo_pref, related) -> dict:
+    """A stored StereoSet run from per-item choices: stereotype preferred? how many of the two beat unrelated?"""
+    ll_s, ll_a, ll_u = [], [], []
+    for pref, rel in zip(stereo_pref, related):
+        s, a = (-1.0, -2.0) if pref else (-2.0, -1.0)
+        # unrelated sits below 0, 1 or 2 of them
+        u = {2: -3.0, 1: -1.5, 0: 0.0}[rel]
+        ll_s.append(s), ll_a.append(a), ll_u.append(u)
+    n = len(targets)
+    return {"per_item": {"key": [f"k{i}" for i in range(n)], "target": list(targets), "ll_stereotype": ll_s,
+                         "n_stereotype": [1] * n, "ll_anti_stereotype": ll_a, "n_anti_stereotype": [1] * n,
+                         "ll_unrelated": ll_u, "n_unrelated": [1] * n}}
+
+
+def test_point_values_by_hand():
+    assert study.point_value(crows_run([1, 0, 1, 1]), "crows") == 75.0
+    # target A: items (pro, related) = (1, 2), (0, 1) -> SS 50, LMS (2 + 1) / 4 = 75
+    # target B: item (1, 0) -> SS 100, LMS 0 ; macro: SS 75, LMS 37.5
+    run = stereo_run(["A", "A", "B"], [1, 0, 1], [2, 1, 0])
+    assert study.point_value(run, "ss") == pytest.approx(75.0)
+    assert study.point_value(run, "lms") == pytest.approx(37.5)
+
+
+def test_lms_resampler_matches_the_reference_metric():
+    rng = np.random.default_rng(3)
+    n = 60
+    targets = [f"t{i % 7}" for i in range(n)]
+    run = stereo_run(targets, rng.integers(0, 2, n).tolist(), rng.integers(0, 3, n).tolist())
+    per = run["per_item"]
+    reference = metrics.stereoset_metrics(np.exp(per["ll_stereotype"]), np.exp(per["ll_anti_stereotype"]),
+                                          np.exp(per["ll_unrelated"]), targets, ["gender"] * n)["overall"]
+    assert study.point_value(run, "lms") == pytest.approx(reference["lms"])
+    assert study.point_value(run, "ss") == pytest.approx(reference["ss"])
+
+
+def test_paired_difference_sign_and_interval():
+    a, b = crows_run([1, 1, 1, 1, 0] * 20), crows_run([1, 0, 1, 0, 0] * 20)
+    d = study.paired_difference(a, b, "crows", 500, 0)
+    assert d["diff"] == pytest.approx(40.0 - 80.0) and d["n"] == 100
+    assert d["ci"][0] < -40 + 1e-9 < d["ci"][1] < 0
+    with pytest.raises(ValueError, match="different items"):
+        study.paired_difference(a, crows_run([1] * 99), "crows", 10, 0)
+
+
+def test_interpolation_in_log_perplexity():
+    # log-midpoint of 10 and 1000 is 100
+    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 100.0) == pytest.approx(45.0)
+    assert study.interpolate_log_ppl([1000, 10], [40.0, 50.0], 100.0) == pytest.approx(45.0)  # any order
+    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 9.0) is None
+    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 1001.0) is None
+    both = study.interpolate_log_ppl([10, 1000], np.array([[50.0, 60.0], [40.0, 20.0]]), 100.0)
+    np.testing.assert_allclose(both, [45.0, 40.0])
+
+
+def test_matched_perplexity_difference_by_hand():
+    # curve: 50 % at ppl 10, 40 % at ppl 1000 -> 45 % at ppl 100; method at ppl 100 with 30 %
+    curve = [crows_run([1] * 10 + [0] * 10), crows_run([1] * 8 + [0] * 12)]
+    method = crows_run([1] * 6 + [0] * 14)
+    d = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    assert d["curve_value"] == pytest.approx(45.0) and d["diff"] == pytest.approx(-15.0)
+    assert d["ci"][0] <= -15.0 <= d["ci"][1]
+    outside = study.matched_ppl_difference(method, 5000.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    assert outside["diff"] is None and "outside" in outside["note"]
+
+
+def test_squared_norm_and_ratio_by_hand():
+    m = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    d = torch.tensor([[1.0, 1.0], [0.0, 3.0]])  # rows are difference vectors: M d = (1, 2), (0, 6)
+    assert mechanism.squared_norm(m, d) == pytest.approx(1 + 4 + 36)
+    assert mechanism.ratio(25.0, 100.0) == pytest.approx(0.5)
+    assert math.isnan(mechanism.ratio(1.0, 0.0))
+
+
+class AffineWithBuffers(torch.nn.Module):
+    """A linear map that stores its matrix in buffers, like a quantized kernel (no float .weight)."""
+
+    def __init__(self, matrix, bias):
+        super().__init__()
+        self.register_buffer("stored", matrix.clone())
+        self.register_buffer("scales", bias.clone())
+
+    def forward(self, x):
+        return x @ self.stored.T + self.scales
+
+
+def test_linear_matrix_reads_the_applied_matrix():
+    q = torch.randn(3, 5)
+    recovered = mechanism.linear_matrix(AffineWithBuffers(q, torch.randn(3)), 5)
+    torch.testing.assert_close(recovered, q, rtol=0, atol=1e-6)
+    linear = torch.nn.Linear(5, 3)
+    torch.testing.assert_close(mechanism.linear_matrix(linear, 5), linear.weight.detach())
+
+
+def test_paired_ratio_difference():
+    w = [4.0, 4.0, 4.0, 4.0]
+    d = mechanism.paired_ratio_difference(w, [4.0] * 4, [1.0] * 4, 200, 0)
+    assert d["diff"] == pytest.approx(0.5 - 1.0) and d["ci"] == pytest.approx([-0.5, -0.5])
+
+
+@pytest.mark.slow
+def test_measure_on_stories260k(stories260k_dir):
+    """Same weights -> ratio 1; one module's weights halved -> that module's ratio 0.5, the others 1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fp = AutoModelForCausalLM.from_pretrained(stories260k_dir, torch_dtype=torch.float32).eval()
+    changed = AutoModelForCausalLM.from_pretrained(stories260k_dir, torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(stories260k_dir)
+    names = ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+    with torch.no_grad():
+        changed.get_submodule(names[1]).weight.mul_(0.5)
+    pairs = [("The boy was happy.", "The girl was happy."), ("Tom ran to the big tree.", "Sue ran to a tree.")]
+    result = mechanism.measure(fp, tokenizer, changed, names, pairs, progress=False)
+    assert result["modules"][names[0]]["ratio_all"] == pytest.approx(1.0)
+    assert result["modules"][names[1]]["ratio_all"] == pytest.approx(0.5)
+    lengths = [len(tokenizer(s)["input_ids"]) == len(tokenizer(a)["input_ids"]) for s, a in pairs]
+    assert result["n_equal_length"] == sum(lengths) and len(result["per_pair"]["w"]) == 2
+    w0, w1 = (result["modules"][n]["w_all"] for n in names)
+    expected_overall = math.sqrt((w0 + 0.25 * w1) / (w0 + w1))
+    assert result["overall"]["ratio_all"] == pytest.approx(expected_overall)
