@@ -25,7 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from fair_gptq import layers as fair_layers  # noqa: E402
 from fair_gptq.cache import write_bytes_atomically  # noqa: E402
 from fair_gptq.models import PresetUnavailableError, resolve_model  # noqa: E402
-from fair_gptq.stereoset import PAIR_MODES, StereoSetError, calibration_pairs  # noqa: E402
+from fair_gptq.pairs import PAIR_MODES, calibration_pairs  # noqa: E402
+from fair_gptq.stereoset import StereoSetError  # noqa: E402
 
 RUN_FILE = "fair_gptq_run.json"
 LOG_FOLDER = "fair_gptq_logs"

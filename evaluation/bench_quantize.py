@@ -47,7 +47,7 @@ def run_one(args) -> dict:
 
     from fair_gptq.layers import default_ignore_bias
     from fair_gptq.models import resolve_model
-    from fair_gptq.stereoset import calibration_pairs
+    from fair_gptq.pairs import calibration_pairs
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     settings = CONFIGS[args.config]

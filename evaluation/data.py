@@ -5,8 +5,8 @@ Where each comes from, first match wins:
 * CrowS-Pairs: ``--crows-pairs PATH|URL``; else the shared data folder's
   ``crows_pairs/crows_pairs_anonymized.csv``; else the canonical nyu-mll CSV on GitHub, downloaded
   once into ``<cache>/data/`` (``$FAIR_GPTQ_CACHE`` or ``~/.cache/fair_gptq``).
-* StereoSet: :mod:`fair_gptq.stereoset` (``resolve_stereoset_source`` / ``load_intrasentence`` /
-  ``split_items``), so calibration and evaluation agree on which half of the dev file is which.
+* StereoSet: :mod:`fair_gptq.stereoset` (``resolve_stereoset_source`` / ``load_intrasentence``) and
+  :mod:`fair_gptq.split` (``select_split``), so calibration and evaluation agree on which half of the dev file is which.
 * WikiText-2 (raw, test split): ``--wikitext2 PATH`` (a ``.txt`` already joined with "\\n\\n", a
   ``.jsonl`` of ``{"text": row}`` rows, or a folder holding either); else the shared data folder's
   ``wikitext2/``; else ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")``.
@@ -137,15 +137,15 @@ def item_key(item) -> str:
 def load_stereoset(source: str | None = None, part: str | None = None, seed: int = 0) -> StereoSetEval:
     """Intrasentence items of ``part`` ("calib" | "eval" | "all").
 
-    Default part: ``fair_gptq.stereoset.default_split_for(data, "evaluation")``, i.e. "eval" for a
+    Default part: ``fair_gptq.split.default_split_for(data, "evaluation")``, i.e. "eval" for a
     dev (or unknown) file, whose "calib" half calibrates Fair-GPTQ, and "all" for a test file.
     """
-    from fair_gptq import stereoset
+    from fair_gptq import split as held_out, stereoset
 
     try:
         data = stereoset.load_intrasentence(resolve_stereoset(source))
-        part = part or stereoset.default_split_for(data, "evaluation")
-        chosen, info = stereoset.select_split(data, part, seed=seed)
+        part = part or held_out.default_split_for(data, "evaluation")
+        chosen, info = held_out.select_split(data, part, seed=seed)
     except (OSError, ValueError) as exc:
         raise DataError(f"StereoSet: {exc}") from exc
     complete = [it for it in chosen if None not in (it.stereotype, it.anti_stereotype, it.unrelated)]

@@ -247,7 +247,8 @@ def _data_lines(models: list[str], per_model: dict) -> list[str]:
         if "stereoset" in s:
             sp = s["stereoset"]["split"]
             described.setdefault(
-                f"StereoSet intrasentence: {sp.get('source')} ({sp.get('kind')} file), split **{sp.get('part')}**: "
+                f"StereoSet intrasentence: {sp.get('source')} ({sp.get('kind')} file), split **{sp.get('part')}** "
+                f"(split version {sp.get('split_version', 1)}): "
                 f"{sp.get('n_items_evaluated', sp.get('n_items'))} items evaluated of {sp.get('n_items_part')} in the "
                 f"split ({sp.get('n_items_file')} in the file)", []).append(m)
         if "wikitext2" in s:

@@ -184,7 +184,7 @@ def task_settings(task: str, args, path: str, data: dict, device: str, dtype: st
     elif task == "stereoset":
         split = data["stereoset"].split
         settings.update(data_sha256=split["sha256"], split=split["part"], split_seed=args.stereoset_split_seed,
-                        max_items=args.max_items)
+                        split_version=split["split_version"], max_items=args.max_items)
     elif task == "wikitext2":
         seqlen = args.seqlen or (1024 if args.protocol == "paper" else 2048)
         max_pos = _config_max_positions(path)
@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     write_manifest(out, [n for n, _ in plan.models], plan.tasks)
     if "stereoset" in plan.data:
         split = plan.data["stereoset"].split
-        print(f"StereoSet: split {split['part']} of {split['source']} ({split['kind']} file): "
+        print(f"StereoSet: split {split['part']} (version {split['split_version']}) of {split['source']} "
+              f"({split['kind']} file): "
               f"{split['n_items']} items", flush=True)
     runs = {}
     for name, path in plan.models:

@@ -28,6 +28,7 @@ def test_end_to_end_tiny_opt(capsys, tmp_path, base_args):
     assert (out / "quantize_config.json").is_file() and list(out.glob("*.safetensors"))
     run = json.loads((out / cli.RUN_FILE).read_text())
     assert run["calibration"]["n_pairs"] == 6 and run["calibration"]["split"]["part"] == "calib"
+    assert run["calibration"]["split"]["split_version"] == 2
     assert len(run["calibration"]["sha256"]) == 64
     active = {m["module"] for m in run["modules"] if m["fair_term"]}
     assert active == {f"model.decoder.layers.{i}.{n}" for i in (1, 2) for n in ("self_attn.out_proj", "fc2")}
