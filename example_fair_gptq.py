@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fair_gptq import layers as fair_layers  # noqa: E402
+from fair_gptq.alignment import ALIGNMENTS, equal_length_filter  # noqa: E402
 from fair_gptq.cache import write_bytes_atomically  # noqa: E402
 from fair_gptq.models import PresetUnavailableError, resolve_model  # noqa: E402
 from fair_gptq.pairs import PAIR_MODES, calibration_pairs  # noqa: E402
@@ -83,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stereo-anti (the method), unrelated / shuffled (controls), or file (--pairs-file)")
     data.add_argument("--pairs-file", default=None, help="JSON list of [stereotype, anti-stereotype] pairs")
     data.add_argument("--bias-types", default=None, help="comma-separated subset of gender,profession,race,religion")
-    data.add_argument("--max-pairs", type=int, default=None, help="sample at most this many pairs (seeded)")
+    data.add_argument("--max-pairs", type=int, default=None,
+                      help="sample at most this many pairs (seeded), drawn after --pair-alignment's filter")
+    data.add_argument("--pair-alignment", default="position", choices=ALIGNMENTS,
+                      help="position: every pair, compared token by token as padded (the paper's); equal-length: "
+                           "only pairs whose two sentences have the same number of tokens under the model's "
+                           "tokenizer, as GPTQModel tokenizes them, so no token is compared with a shifted one")
     data.add_argument("--split", default="calib", choices=["calib", "eval", "all"],
                       help="part of StereoSet dev to calibrate on; 'calib' keeps the 'eval' half unseen for "
                            "evaluation/run_eval.py")
@@ -190,16 +196,25 @@ def make_quantize_config(args, plan: RunPlan, log_dir: str, device: str):
                           log_hessian_sensitivity=int(args.log_hessian_sensitivity), log_dir=log_dir)
 
 
+def load_pairs(args, pair_filter=None):
+    bias_types = [b.strip() for b in args.bias_types.split(",")] if args.bias_types else None
+    return calibration_pairs(args.stereoset, args.pairs, part=args.split, bias_types=bias_types,
+                             max_pairs=args.max_pairs, seed=args.seed, pairs_file=args.pairs_file,
+                             pair_filter=pair_filter)
+
+
 def plan_run(args) -> RunPlan:
     """Everything that can fail on bad input, before any weight is loaded."""
     check_arguments(args)
     # the data first: a bad file must not cost the conversion of a model preset
-    bias_types = [b.strip() for b in args.bias_types.split(",")] if args.bias_types else None
-    pairs = calibration_pairs(args.stereoset, args.pairs, part=args.split, bias_types=bias_types,
-                              max_pairs=args.max_pairs, seed=args.seed, pairs_file=args.pairs_file)
+    pairs = load_pairs(args)
     from transformers import AutoConfig
     model_path = resolve_model(args.model)
     config = AutoConfig.from_pretrained(model_path)
+    if args.pair_alignment == "equal-length":
+        from transformers import AutoTokenizer
+        # the tokenizer GPTQModel.load() gives the model (gptqmodel/models/loader.py), counted as quantize() does
+        pairs = load_pairs(args, equal_length_filter(AutoTokenizer.from_pretrained(model_path)))
     num_layers = fair_layers.num_decoder_layers(config)
     gptqmodel_definition(config.model_type)
 
@@ -233,6 +248,10 @@ def describe(plan: RunPlan) -> str:
         f"model: {args.model} -> {plan.model_path} ({plan.model_type}, {plan.num_layers} decoder layers)",
         f"calibration: {plan.pairs.n_pairs} pairs ({plan.pairs.mode}, {len(plan.pairs.sentences)} sentences, "
         f"split {args.split}, sha256 {plan.pairs.sha256[:12]}, skipped {dict(plan.pairs.skipped) or 'none'})",
+        f"pair alignment: {args.pair_alignment}" + (
+            f" (kept {plan.pairs.n_candidates - plan.pairs.n_filtered_out} of {plan.pairs.n_candidates} pairs, "
+            f"dropped {plan.pairs.n_filtered_out} of unequal token counts; --max-pairs samples from the kept)"
+            if plan.pairs.pair_filter else ""),
         f"alpha={args.alpha} strategy={args.strategy} layers={plan.fair_layer_indices} "
         f"ignore_bias='{plan.ignore_bias}' sum_hessians={args.sum_hessians}",
         f"fair term on {len(active)} of {len(plan.modules)} quantized modules"
@@ -307,10 +326,15 @@ def quantize_and_save(plan: RunPlan, staging: Path, timings: dict) -> None:
     model.save(str(staging))
     timings["save_s"] = round(time.time() - start, 2)
 
-    delta_w = read_delta_w_log(log_dir)
+    write_json(staging / RUN_FILE, run_record(plan, device, read_delta_w_log(log_dir), timings))
+
+
+def run_record(plan: RunPlan, device: str, delta_w: dict, timings: dict) -> dict:
+    """fair_gptq_run.json: what was asked, which pairs and modules were used, versions, timings."""
+    args = plan.args
     modules = [dict(m, **({"relative_delta_w": delta_w[m["module"]]["relative_delta_w"]}
                           if m["module"] in delta_w else {})) for m in plan.modules]
-    write_json(staging / RUN_FILE, {
+    return {
         "arguments": vars(args),
         "model_path": plan.model_path,
         "model_type": plan.model_type,
@@ -318,12 +342,13 @@ def quantize_and_save(plan: RunPlan, staging: Path, timings: dict) -> None:
         "num_layers": plan.num_layers,
         "fair_layers": plan.fair_layer_indices,
         "ignore_bias": plan.ignore_bias,
-        "calibration": plan.pairs.summary(),
+        # pair_filter / n_kept_by_filter / n_dropped_by_filter: --max-pairs was sampled from the kept pairs
+        "calibration": dict(plan.pairs.summary(), pair_alignment=args.pair_alignment),
         "modules": modules,
         "versions": versions(),
         "timings": timings,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    }
 
 
 def move_into_place(staging: Path, out: Path) -> None:

@@ -92,3 +92,26 @@ def test_failed_quantization_leaves_no_output(capsys, tmp_path, base_args, monke
     with pytest.raises(KeyboardInterrupt):
         cli.main([str(a) for a in [*base_args, "--max-pairs", 2, "--out", out]])
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_equal_length_alignment_keeps_pairs_of_equal_token_count_and_records_it(tiny_opt_dir, base_args):
+    from transformers import AutoTokenizer
+
+    from fair_gptq.pairs import calibration_pairs
+
+    args = cli.build_parser().parse_args([str(a) for a in [*base_args, "--pair-alignment", "equal-length",
+                                                           "--max-pairs", 20, "--dry-run"]])
+    plan = cli.plan_run(args)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_opt_dir)
+    length = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    all_pairs = calibration_pairs(args.stereoset, "stereo-anti").pairs  # the calib half, unfiltered
+    n_equal = sum(length(s) == length(a) for s, a in all_pairs)
+    assert 20 < n_equal < len(all_pairs)  # the fixture's tokenizer splits some pairs unevenly
+    assert plan.pairs.n_pairs == 20 and all(length(s) == length(a) for s, a in plan.pairs.pairs)
+    record = cli.run_record(plan, "cpu", {}, {})["calibration"]
+    assert record["pair_alignment"] == "equal-length" and record["pair_filter"] == "equal-length"
+    assert (record["n_candidates"], record["n_kept_by_filter"]) == (len(all_pairs), n_equal)
+    assert record["n_dropped_by_filter"] == len(all_pairs) - n_equal and record["max_pairs"] == 20
+    position = cli.run_record(cli.plan_run(cli.build_parser().parse_args(
+        [str(a) for a in [*base_args, "--max-pairs", 20, "--dry-run"]])), "cpu", {}, {})["calibration"]
+    assert position["pair_alignment"] == "position" and position["n_dropped_by_filter"] == 0
