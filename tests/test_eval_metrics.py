@@ -38,11 +38,11 @@ def test_crows_pairs_single_pair_has_no_stderr():
 
 
 def test_stereoset_sentence_score_is_geometric_mean_probability():
-    probs = [0.5, 0.25, 0.125]
-    ll = sum(math.log(p) for p in probs)
-    expected = 2 ** (sum(math.log2(p) for p in probs) / len(probs))
-    assert metrics.stereoset_sentence_scores([ll], [len(probs)])[0] == pytest.approx(expected)
-    assert expected == pytest.approx(0.25)
+    # token probabilities 1/2, 1/4, 1/8: geometric mean (1/64)^(1/3) = 1/4; log-likelihood ln(1/64)
+    assert metrics.stereoset_sentence_scores([-6 * math.log(2)], [3])[0] == pytest.approx(0.25)
+    # two sentences at once: probabilities 0.9 (one token) and 0.01 * 0.04 (two tokens: geometric mean 0.02)
+    scores = metrics.stereoset_sentence_scores([math.log(0.9), math.log(0.01 * 0.04)], [1, 2])
+    assert scores == pytest.approx([0.9, 0.02])
     with pytest.raises(ValueError):
         metrics.stereoset_sentence_scores([0.0], [0])
 
@@ -68,10 +68,10 @@ def test_stereoset_per_target_macro_average_and_ties():
     assert prof["n_items"] == 4 and prof["n_targets"] == 2
     assert prof["ss"] == pytest.approx((100 / 3 + 100) / 2)
     assert prof["lms"] == pytest.approx((400 / 6 + 50) / 2)
-    # ICAT from the means, not the mean of per-target ICATs
-    assert prof["icat"] == pytest.approx(prof["lms"] * min(prof["ss"], 100 - prof["ss"]) / 50)
-    per_target_icat = np.mean([400 / 6 * min(100 / 3, 200 / 3) / 50, 50 * 0.0 / 50])
-    assert prof["icat"] != pytest.approx(per_target_icat)
+    # ICAT from the means (LMS 175/3, SS 200/3): 175/3 * (100/3) / 50 = 350/9, not the mean of the per-target
+    # ICATs (nurse 200/3 * (100/3) / 50 = 400/9, chess 0: mean 200/9)
+    assert prof["icat"] == pytest.approx(350 / 9)
+    assert prof["icat"] != pytest.approx(200 / 9)
     race = out["race"]
     assert (race["ss"], race["lms"], race["n_targets"]) == pytest.approx((50.0, 50.0, 1))
     # overall: macro over all three targets (bias-bench), not the mean of the domain figures
@@ -93,11 +93,12 @@ def test_stereoset_all_ties_count_as_anti():
 def test_icat_ideal_and_extremes():
     assert metrics.icat(50.0, 100.0) == pytest.approx(100.0)
     assert metrics.icat(100.0, 100.0) == 0.0
-    assert metrics.icat(30.0, 80.0) == pytest.approx(80.0 * 30.0 / 50.0)
+    assert metrics.icat(30.0, 80.0) == pytest.approx(48.0)
+    assert metrics.icat(70.0, 80.0) == pytest.approx(48.0)  # as far from 50 on the other side
 
 
 def test_perplexity_from_nll_sum():
-    assert metrics.perplexity(10.0, 5) == pytest.approx(math.exp(2.0))
+    assert metrics.perplexity(10.0, 5) == pytest.approx(7.3890561)  # e^2
     with pytest.raises(ValueError):
         metrics.perplexity(1.0, 0)
 
@@ -114,12 +115,18 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert metrics.bootstrap_pct_stereotype([0.0] * 10, [-1.0] * 10, 100) == (1.0, 1.0)
 
 
-def test_bootstrap_ss_full_sample_matches_metric_and_is_seeded():
+def test_resampled_ss_and_lms_on_hand_picked_resamples():
+    s, a, u, targets, _types = _toy_stereoset()
+    idx = np.array([[0, 1, 2, 3, 4, 5],  # the full sample: SS (100/3 + 100 + 50) / 3 = 550/9
+                    [0, 0, 0, 0, 0, 0],  # nurse's pro item only: 100
+                    [3, 3, 4, 4, 5, 5]])  # chess 100, Iraq 2 of 4 pro = 50: (100 + 50) / 2
+    assert metrics._resampled_ss(s, a, targets, idx) == pytest.approx([550 / 9, 100.0, 75.0])
+    # related preferred / 2 per item: nurse 1/2, 1, 1/2 -> 200/3; chess 1/2 -> 50; Iraq 1, 0 -> 50
+    assert metrics.resampled_lms(s, a, u, targets, idx) == pytest.approx([500 / 9, 50.0, (50 + 50) / 2])
+
+
+def test_bootstrap_ss_is_seeded():
     s, a, _u, targets, _types = _toy_stereoset()
-    full = np.arange(len(targets))[None, :]
-    assert metrics._resampled_ss(s, a, targets, full)[0] == pytest.approx(
-        metrics.stereoset_metrics(*_toy_stereoset())["overall"]["ss"]
-    )
     ci = metrics.bootstrap_ss(s, a, targets, 300, seed=3)
     assert ci == metrics.bootstrap_ss(s, a, targets, 300, seed=3)
     assert 0.0 <= ci[0] <= ci[1] <= 100.0
@@ -130,15 +137,18 @@ def test_paired_bootstrap_differences():
     more, less = rng.normal(size=100), rng.normal(size=100)
     same = metrics.paired_diff_pct_stereotype(more, less, more, less, 200, seed=0)
     assert same == {"diff": 0.0, "ci": [0.0, 0.0], "n": 100}
-    flipped = metrics.paired_diff_pct_stereotype(more, less, less, more, 200, seed=0)
-    # B prefers sent_more exactly where A did not (no ties with continuous scores)
-    assert flipped["diff"] == pytest.approx(1 - 2 * float(np.mean(more > less)))
-    assert flipped["ci"][0] <= flipped["diff"] <= flipped["ci"][1]
+    # A prefers sent_more on pairs 0 and 2 (1/2), B on 0, 1 and 2 (3/4): B - A = 1/4
+    a_more, a_less = [-1.0, -3.0, -2.0, -5.0], [-2.0, -1.0, -4.0, -4.0]
+    b_more, b_less = [-1.0, -1.0, -2.0, -5.0], [-2.0, -3.0, -4.0, -4.0]
+    moved = metrics.paired_diff_pct_stereotype(a_more, a_less, b_more, b_less, 200, seed=0)
+    assert moved["diff"] == pytest.approx(0.25) and moved["n"] == 4
+    # per pair B - A is 0, 1, 0, 0: every resampled difference lies in [0, 1]
+    assert 0.0 <= moved["ci"][0] <= 0.25 <= moved["ci"][1] <= 1.0
 
     s, a, _u, targets, _types = _toy_stereoset()
     ss_same = metrics.paired_diff_ss(s, a, s, a, targets, 200, seed=0)
     assert ss_same["diff"] == 0.0 and ss_same["ci"] == [0.0, 0.0]
     # B: every item pro-stereotype -> SS 100 on every resample
     ss_all = metrics.paired_diff_ss(s, a, [1.0] * 6, [0.0] * 6, targets, 200, seed=0)
-    assert ss_all["diff"] == pytest.approx(100 - metrics.stereoset_metrics(*_toy_stereoset())["overall"]["ss"])
+    assert ss_all["diff"] == pytest.approx(100 - 550 / 9)  # A's SS is (100/3 + 100 + 50) / 3
     assert ss_all["ci"][0] <= ss_all["diff"] <= ss_all["ci"][1]
