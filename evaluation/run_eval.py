@@ -10,7 +10,8 @@ Tasks: ``crows_pairs`` (lm-eval ``crows_pairs_english`` scoring), ``stereoset`` 
 intrasentence SS/LMS/ICAT; by default the "eval" half of a dev file, whose "calib" half
 calibrates Fair-GPTQ, or all of a test file), ``wikitext2`` (GPTQ-convention perplexity, or the
 paper's protocol with ``--protocol paper``) and ``lm_eval`` (the paper's lm-evaluation-harness
-tasks, when lm-eval is installed and its data reachable).
+tasks through lm-eval itself, ``requirements-eval.txt``: crows_pairs_english and wikitext on the local
+files, the others from the hub when it can be reached; ``--lm-eval-tasks`` chooses).
 
 Every (model, task) result is written as soon as it is done to ``OUT/runs/<model>/<task>.json``
 (atomically), with the settings that produced it and the per-item scores; a rerun reuses it
@@ -134,7 +135,7 @@ def _check_positive(args) -> None:
             raise UsageError(f"{flag} must be >= {low} (got {value})")
 
 
-def load_task_data(args, tasks: list[str]) -> dict:
+def load_task_data(args, tasks: list[str], lm_eval_tasks=()) -> dict:
     """Read every data set the tasks need (errors become one line, before any model loads)."""
     from evaluation import data
 
@@ -154,6 +155,10 @@ def load_task_data(args, tasks: list[str]) -> dict:
                 text = data.load_wikitext2_text(source)
             loaded["wikitext2"] = {"text": text, "source": source.describe(),
                                    "fingerprint": data.source_fingerprint(source)}
+        if "lm_eval" in tasks:  # local files for lm-eval's own crows_pairs_english / wikitext tasks
+            from evaluation.lm_eval_tasks import resolve_local_data
+
+            loaded["lm_eval"] = resolve_local_data(list(lm_eval_tasks), args.crows_pairs, args.wikitext2)
     except data.DataError as exc:
         raise UsageError(str(exc)) from exc
     except (OSError, ValueError, ImportError) as exc:
@@ -191,7 +196,10 @@ def task_settings(task: str, args, path: str, data: dict, device: str, dtype: st
         settings.update(protocol=args.protocol, seqlen=min(seqlen, max_pos) if max_pos else seqlen,
                         max_windows=args.max_windows, data=data["wikitext2"]["fingerprint"])
     elif task == "lm_eval":
-        settings.update(lm_eval_tasks=list(lm_eval_tasks), limit=args.max_items, seed=args.seed)
+        from evaluation.lm_eval_bridge import run_settings
+
+        settings.update(lm_eval_tasks=list(lm_eval_tasks), limit=args.max_items, seed=args.seed,
+                        **run_settings(list(lm_eval_tasks), data["lm_eval"]))
     return settings
 
 
@@ -217,7 +225,12 @@ def run_task(task: str, lm, args, data: dict, settings: dict, lm_eval_tasks) -> 
 
     progress = not args.no_progress
     if task == "crows_pairs":
-        return task_runners.run_crows_pairs(lm, data["crows_pairs"], args.max_items, args.batch_size, progress)
+        from evaluation.crows_version import csv_version
+
+        crows = data["crows_pairs"]
+        record = task_runners.run_crows_pairs(lm, crows, args.max_items, args.batch_size, progress)
+        record["data"]["version"] = csv_version(crows.sha256, len(crows.pairs))
+        return record
     if task == "stereoset":
         return task_runners.run_stereoset(lm, data["stereoset"], args.max_items, args.batch_size, progress)
     if task == "wikitext2":
@@ -226,7 +239,7 @@ def run_task(task: str, lm, args, data: dict, settings: dict, lm_eval_tasks) -> 
                                           wt["source"], progress)
     from evaluation.lm_eval_bridge import run_lm_eval
 
-    return run_lm_eval(lm, lm_eval_tasks, args.batch_size, args.max_items, args.seed)
+    return run_lm_eval(lm, lm_eval_tasks, args.batch_size, args.max_items, args.seed, data["lm_eval"])
 
 
 def summary_line(task: str, record: dict) -> str:
@@ -240,7 +253,7 @@ def summary_line(task: str, record: dict) -> str:
                 f"(split {record['data'].get('part')}, {o['n_items']} items)")
     if task == "wikitext2":
         return f"ppl={m['ppl']:.4f} ({m['protocol']}, {m['n_windows']} windows of {m['seqlen']})"
-    return f"{len(m.get('results', {}))} lm-eval tasks"
+    return f"lm-eval tasks {', '.join(record['data'].get('tasks', []))}"
 
 
 def _release_memory() -> None:
@@ -264,6 +277,19 @@ class Plan:
     settings: dict  # name -> task -> settings
 
 
+def _warn_if_calibrated_on_evaluated_items(models, split: dict) -> None:
+    import json
+
+    from fair_gptq.split import overlap_warning
+
+    for name, path in models:
+        run_file = Path(path) / "fair_gptq_run.json"  # written by example_fair_gptq.py beside the checkpoint
+        if run_file.is_file():
+            calibration = json.loads(run_file.read_text()).get("calibration", {}).get("split")
+            if (warning := overlap_warning(calibration, split)) is not None:
+                print(f"warning: {name}: {warning}", flush=True)
+
+
 def make_plan(args) -> Plan:
     """Validate the command line and read the data; raises UsageError / ValueError / OSError."""
     from evaluation.lm_eval_bridge import PAPER_TASKS, unavailable_reason
@@ -278,7 +304,9 @@ def make_plan(args) -> Plan:
     if "lm_eval" in tasks and (reason := unavailable_reason()):
         print(f"lm_eval: {reason}", flush=True)
         tasks.remove("lm_eval")
-    data = load_task_data(args, tasks)
+    data = load_task_data(args, tasks, lm_eval_tasks)
+    if "stereoset" in data:
+        _warn_if_calibrated_on_evaluated_items(models, data["stereoset"].split)
     settings = {name: {t: task_settings(t, args, path, data, device, dtype, lm_eval_tasks) for t in tasks}
                 for name, path in models}
     return Plan(tasks, models, device, dtype, lm_eval_tasks, data, settings)
@@ -286,7 +314,7 @@ def make_plan(args) -> Plan:
 
 def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
     """Run (or reuse) every task of one model; each result is stored as soon as it is done."""
-    from evaluation.lm_eval_bridge import LmEvalUnavailable
+    from evaluation.lm_eval_bridge import LmEvalUnavailable, unavailable_lines
     from evaluation.models import load_model
     from evaluation.store import RUN_FORMAT, reusable_run, run_path, write_json_atomic
 
@@ -298,6 +326,8 @@ def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
         else:
             runs[task] = stored
             print(f"{name} {task}: stored result reused ({run_path(out, name, task)})", flush=True)
+            for line in unavailable_lines(stored.get("data", {}).get("unavailable", {})):  # lm_eval runs only
+                print(f"{name} {task}: {line} when stored (--force retries)", flush=True)
     if not pending:
         return runs
     print(f"{name}: loading {path}", flush=True)
@@ -310,8 +340,11 @@ def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
         try:
             record = run_task(task, lm, args, plan.data, plan.settings[name][task], plan.lm_eval_tasks)
         except LmEvalUnavailable as exc:
-            print(f"{name} lm_eval: {exc}", flush=True)
+            for line in [*unavailable_lines(exc.unavailable), str(exc)]:
+                print(f"{name} lm_eval: {line}", flush=True)
             continue
+        for line in unavailable_lines(record["data"].get("unavailable", {})):  # lm_eval runs only
+            print(f"{name} {task}: {line}", flush=True)
         record.update(
             format=RUN_FORMAT, model=name, task=task, settings=plan.settings[name][task], model_info=lm.describe(),
             seconds=round(time.perf_counter() - started, 2), versions=_versions(),

@@ -170,3 +170,25 @@ def default_split_for(data: StereoSetData | str, purpose: str) -> str:
     if purpose == "evaluation":
         return "all" if kind == "test" else "eval"
     raise ValueError(f"purpose must be 'calibration' or 'evaluation', got {purpose!r}")
+
+
+def overlap_warning(calibration: dict | None, evaluation: dict) -> str | None:
+    """Why the evaluated StereoSet items may include a model's calibration items, or None when they cannot.
+
+    `calibration` is the split a model was calibrated on (`fair_gptq_run.json`'s `calibration.split`; None for
+    pairs from a file or a model that was not calibrated on StereoSet), `evaluation` the split being scored.
+    Records without `split_version` were made with version 1.
+    """
+    if not calibration or calibration.get("source_sha256") != evaluation.get("source_sha256"):
+        return None  # another file (e.g. calibrated on dev, scored on test): no shared items by construction
+    settings = ("split_version", "seed", "calib_fraction")
+    calibrated = {name: calibration.get(name, 1 if name == "split_version" else None) for name in settings}
+    evaluated = {name: evaluation.get(name, 1 if name == "split_version" else None) for name in settings}
+    complementary = {calibration.get("part"), evaluation.get("part")} == {"calib", "eval"}
+    if complementary and calibrated == evaluated:
+        return None
+    differing = ", ".join(f"{name} {calibrated[name]} vs {evaluated[name]}" for name in settings
+                          if calibrated[name] != evaluated[name])
+    return (f"calibrated on part '{calibration.get('part')}' of the same StereoSet file, scored on part "
+            f"'{evaluation.get('part')}'" + (f" ({differing})" if differing else "")
+            + ": the StereoSet score may include calibration sentences")

@@ -214,3 +214,38 @@ def test_eval_half_of_the_shared_dev_file_is_pinned(dev_data):
 def test_split_info_records_the_split_version(dev_data):
     _, info = sp.select_split(dev_data, "calib")
     assert info["split_version"] == 2
+
+
+def _split_record(part: str, **changes) -> dict:
+    record = {"part": part, "split_version": 2, "seed": 0, "calib_fraction": 0.5, "source_sha256": "abc"}
+    return {**record, **changes}
+
+
+@pytest.mark.parametrize("calibration, evaluation, expected", [
+    (_split_record("calib"), _split_record("eval"), None),  # the held-out design
+    (None, _split_record("eval"), None),  # not calibrated on StereoSet (pairs file, FP model)
+    (_split_record("calib", source_sha256="other"), _split_record("all"), None),  # another file
+    (_split_record("calib"), _split_record("all"), "part 'calib' of the same StereoSet file, scored on part 'all'"),
+    (_split_record("calib", seed=1), _split_record("eval"), "(seed 1 vs 0)"),
+    ({k: v for k, v in _split_record("calib").items() if k != "split_version"}, _split_record("eval"),
+     "(split_version 1 vs 2)"),  # a record from before split versions
+])
+def test_overlap_warning(calibration, evaluation, expected):
+    warning = sp.overlap_warning(calibration, evaluation)
+    if expected is None:
+        assert warning is None
+    else:
+        assert expected in warning and "may include calibration sentences" in warning
+
+
+def test_run_eval_warns_about_a_model_calibrated_on_an_older_split(tmp_path, capsys):
+    from evaluation import run_eval
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, calibration in ((old, _split_record("calib", split_version=1)), (new, _split_record("calib"))):
+        folder.mkdir()
+        (folder / "fair_gptq_run.json").write_text(json.dumps({"calibration": {"split": calibration}}))
+    run_eval._warn_if_calibrated_on_evaluated_items([("old", str(old)), ("new", str(new)), ("fp", "hub/id")],
+                                                    _split_record("eval"))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: old: ") and "split_version 1 vs 2" in lines[0]
