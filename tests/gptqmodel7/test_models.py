@@ -1,0 +1,190 @@
+"""Whole quantization runs on tiny models through GPTQModel 7.7.0 with fair_gptq_v7 (CPU, seconds each)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fair_gptq_v7
+from fair_gptq_v7 import FairGPTQConfig
+from fair_gptq_v7.task import FairGPTQ
+
+pytestmark = pytest.mark.slow
+
+# (stereotype, anti-stereotype) pairs of unequal lengths, some of <= 10 tokens (which 7.7.0 would drop)
+PAIRS = [
+    ("The nurse said she would help.", "The nurse said he would help us all."),
+    ("Engineers are men.", "Engineers are always women who love numbers."),
+    ("The old man could not use the phone.", "The young man could not use it."),
+    ("Her family was poor and lived in a small house.", "Her family was rich."),
+]
+SENTENCES = [s for pair in PAIRS for s in pair]
+
+
+def quantize(model_dir, out_dir, *, stock=False, batch_size=2, **cfg):
+    from gptqmodel import BACKEND, GPTQModel
+    from gptqmodel.quantization.config import GPTQConfig
+
+    (fair_gptq_v7.uninstall if stock else fair_gptq_v7.install)()
+    try:
+        make = GPTQConfig if stock else FairGPTQConfig
+        qcfg = make(bits=4, group_size=32, device="cpu", **cfg)
+        model = GPTQModel.load(str(model_dir), qcfg, dtype=torch.float32)
+        model.quantize(SENTENCES, batch_size=batch_size, calibration_sort=None, backend=BACKEND.TORCH)
+        model.save(str(out_dir))
+    finally:
+        fair_gptq_v7.uninstall()
+    tensors = {}
+    for file in sorted(Path(out_dir).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+class Spy:
+    """Records, per module, the whole batches given to fair_add_batch, the rows given to add_batch and W'."""
+
+    def __init__(self, monkeypatch):
+        self.batches, self.rows, self.shifted = {}, {}, {}
+        fair_add, add, shift = FairGPTQ.fair_add_batch, FairGPTQ.add_batch, FairGPTQ._fair_shift_weights
+        spy = self
+
+        def fair_add_batch(task, inp, keep_mask, batch_index):
+            spy.batches.setdefault(task.full_name, []).append((batch_index, inp.detach().clone()))
+            return fair_add(task, inp, keep_mask, batch_index)
+
+        def add_batch(task, inp, out, batch_index=None):
+            spy.rows.setdefault(task.full_name, []).append(inp.detach().reshape(-1, inp.shape[-1]).clone())
+            return add(task, inp, out, batch_index=batch_index)
+
+        def shift_weights(task):
+            result = shift(task)
+            spy.shifted[task.full_name] = None if result is None else result.clone()
+            return result
+
+        monkeypatch.setattr(FairGPTQ, "fair_add_batch", fair_add_batch)
+        monkeypatch.setattr(FairGPTQ, "add_batch", add_batch)
+        monkeypatch.setattr(FairGPTQ, "_fair_shift_weights", shift_weights)
+
+
+def batch_masks(model_dir, batch_size):
+    """Keep-masks of the calibration batches, from the tokenizer alone (the test's own account of padding)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = [len(tokenizer(s)["input_ids"]) for s in SENTENCES]
+    masks = []
+    for start in range(0, len(lengths), batch_size):
+        group = lengths[start:start + batch_size]
+        mask = torch.zeros(len(group), max(group), dtype=torch.bool)
+        for i, n in enumerate(group):
+            if tokenizer.padding_side == "left":
+                mask[i, max(group) - n:] = True
+            else:
+                mask[i, :n] = True
+        masks.append(mask)
+    return masks
+
+
+def expected_shift(W, rows, batches, masks, alpha, damp):
+    """float64 closed form from the recorded inputs: H over the rows H received, pairs from whole batches."""
+    W = W.double()
+    X = torch.cat(rows).double()
+    N = X.shape[0]
+    H = 2 / N * X.t() @ X
+    S01 = torch.zeros_like(H)
+    assert [index for index, _ in batches] == list(range(len(masks)))  # one call per batch, in order
+    for (_, inp), mask in zip(batches, masks):
+        seqs = inp.reshape(mask.shape[0], mask.shape[1], -1).double()  # a flattened (OPT fc) input too
+        for p in range(mask.shape[0] // 2):
+            s, a = seqs[2 * p][mask[2 * p]], seqs[2 * p + 1][mask[2 * p + 1]]
+            n = min(len(s), len(a))
+            S01 += (s[:n] - a[:n]).t() @ (s[:n] - a[:n])
+    H01 = 2 * alpha * 2 / N * S01
+    M = H + H01
+    dead = torch.diag(H) == 0
+    M[dead, dead] = 1
+    M += damp * torch.mean(torch.diag(M)) * torch.eye(M.shape[0], dtype=torch.float64)
+    return W - W @ H01 @ torch.linalg.inv(M)
+
+
+def check_layer0(spy, model_dir, batch_size, modules, leader_of, alpha=0.3, damp=0.05):
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    masks = batch_masks(model_dir, batch_size)
+    for name in modules:
+        source = leader_of.get(name, name)
+        assert name not in spy.batches or source == name  # a follower never sums pairs itself
+        expected = expected_shift(weights[name + ".weight"], spy.rows[source], spy.batches[source], masks, alpha, damp)
+        torch.testing.assert_close(spy.shifted[name].double(), expected, rtol=2e-4, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_llama_shift_matches_closed_form_and_followers_use_their_leader(stories260k_dir, tmp_path, monkeypatch,
+                                                                         batch_size):
+    spy = Spy(monkeypatch)
+    quantize(stories260k_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3, ignore_bias="q_proj,up_proj")
+    # q_proj leads q/k/v and gate_proj leads gate/up; both leaders and followers are checked
+    names = [f"model.layers.0.{m}" for m in ("self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj")]
+    leader_of = {n: "model.layers.0.self_attn.q_proj" for n in names[:2]}
+    check_layer0(spy, stories260k_dir, batch_size, names, leader_of)
+    assert spy.shifted.get("model.layers.0.self_attn.q_proj") is None  # ignored: no shift
+    assert "model.layers.0.self_attn.q_proj" in spy.batches  # ... but it summed pairs for its followers
+    assert "model.layers.0.mlp.up_proj" not in spy.shifted
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_opt_flattened_fc_inputs_are_paired_with_the_keep_mask(tiny_opt_dir, tmp_path, monkeypatch, batch_size):
+    spy = Spy(monkeypatch)
+    quantize(tiny_opt_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3)
+    first = spy.batches["model.decoder.layers.0.fc1"][0][1]
+    assert first.dim() == 2  # OPT's fc1 really gets [batch*seq, hidden]
+    names = ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2", "model.decoder.layers.0.self_attn.q_proj"]
+    check_layer0(spy, tiny_opt_dir, batch_size, names, {})
+
+
+def test_alpha_zero_is_bit_identical_to_stock(stories260k_dir, tmp_path):
+    stock = quantize(stories260k_dir, tmp_path / "stock", stock=True)
+    fair = quantize(stories260k_dir, tmp_path / "fair", alpha=0.0)
+    assert stock.keys() == fair.keys()
+    for key in stock:
+        assert torch.equal(stock[key], fair[key]), key
+    saved = json.loads((tmp_path / "fair" / "quantize_config.json").read_text())
+    assert "alpha" not in saved  # an alpha=0 checkpoint is stock 7.7.0's
+
+
+def test_two_worker_runs_are_deterministic_and_load_in_stock(tiny_mistral_dir, tmp_path):
+    first = quantize(tiny_mistral_dir, tmp_path / "a", alpha=0.5, batch_size=4)
+    second = quantize(tiny_mistral_dir, tmp_path / "b", alpha=0.5, batch_size=4)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    plain = quantize(tiny_mistral_dir, tmp_path / "c", stock=True, batch_size=4)
+    assert any(not torch.equal(first[k], plain[k]) for k in first if k.endswith("qweight"))  # the term acted
+
+    from gptqmodel import BACKEND, GPTQModel
+
+    saved = json.loads((tmp_path / "a" / "quantize_config.json").read_text())
+    assert saved["alpha"] == 0.5 and saved["sum_hessians"] == 1
+    model = GPTQModel.load(str(tmp_path / "a"), device="cpu", backend=BACKEND.TORCH)  # stock classes in place
+    logits = model.model(torch.tensor([[1, 5, 9, 13]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_fair_config_refuses_stock_processor_and_broken_layouts(stories260k_dir):
+    from gptqmodel import GPTQModel
+
+    qcfg = FairGPTQConfig(bits=4, group_size=32, device="cpu", alpha=0.3)
+    model = GPTQModel.load(str(stories260k_dir), qcfg, dtype=torch.float32)
+    fair_gptq_v7.uninstall()
+    with pytest.raises(RuntimeError, match="stock GPTQ processor"):
+        model.quantize(SENTENCES, batch_size=2, calibration_sort=None)
+    fair_gptq_v7.install()
+    try:
+        with pytest.raises(ValueError, match="calibration_sort='desc'"):
+            model.quantize(SENTENCES, batch_size=2)  # 7.7.0's default sort
+        with pytest.raises(ValueError, match="must be even"):
+            model.quantize(SENTENCES, batch_size=3, calibration_sort=None)
+        with pytest.raises(ValueError, match="calibration_data_min_length=10"):
+            fair_gptq_v7.quantize(model, SENTENCES, calibration_data_min_length=10)
+        with pytest.raises(ValueError, match="calibration_concat_size"):
+            fair_gptq_v7.quantize(model, SENTENCES, calibration_concat_size=64)
+    finally:
+        fair_gptq_v7.uninstall()
