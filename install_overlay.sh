@@ -38,7 +38,10 @@ Modes (default: install):
   --restore     Put the upstream files back from the .upstream backups.
 
 Options:
-  --dev         Install requirements-dev.txt (adds pytest) instead of requirements.txt.
+  --dev         Install requirements-dev.txt (adds pytest) instead of requirements.txt,
+                and --gptqmodel7 (the test suite runs tests/gptqmodel7 with that environment).
+  --gptqmodel7  Also create .venv-gptqmodel7 (\$VENV7): GPTQModel 7.7.0 for fair_gptq_v7, with its
+                own pins (bash install_gptqmodel7.sh; a few minutes the first time).
   --target DIR  Work on a GPTQModel ${GPTQMODEL_VERSION} source checkout instead of a venv:
                 the overlay goes to DIR/gptqmodel/quantization/. No venv, no pip.
   -h, --help    Show this help.
@@ -85,11 +88,13 @@ version_from_file() {
 # ---------------------------------------------------------------- argument parsing ----
 MODE="install"
 DEV=0
+WITH_GPTQMODEL7=0
 TARGET=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --dev) DEV=1 ;;
+        --dev) DEV=1; WITH_GPTQMODEL7=1 ;;
+        --gptqmodel7) WITH_GPTQMODEL7=1 ;;
         --check)
             [[ "$MODE" == "install" ]] || usage_error "--check and --restore cannot be combined"
             MODE="check" ;;
@@ -108,6 +113,10 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $DEV -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
     usage_error "--dev only applies to installing into a venv (not with --target, --check or --restore)"
+fi
+
+if [[ $WITH_GPTQMODEL7 -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
+    usage_error "--gptqmodel7 only applies to installing into a venv (not with --target, --check or --restore)"
 fi
 
 VENV="${VENV:-${REPO_DIR}/.venv}"
@@ -442,5 +451,9 @@ case "$MODE" in
         install_overlay
         check_overlay >/dev/null || die "overlay check failed after installing; run 'bash ${PROG} --check' for details."
         info "done: Fair-GPTQ (GPTQModel ${GPTQMODEL_VERSION} + overlay) ready in ${VENV}. Use ${VENV}/bin/python."
+        if [[ $WITH_GPTQMODEL7 -eq 1 ]]; then  # fair_gptq_v7: Fair-GPTQ on GPTQModel 7.7.0, its own venv
+            bash "${REPO_DIR}/install_gptqmodel7.sh" \
+                || die "the GPTQModel 7.7.0 environment (.venv-gptqmodel7) could not be set up; see the message above."
+        fi
         ;;
 esac
