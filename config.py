@@ -17,9 +17,11 @@
 # Fair-GPTQ overlay of gptqmodel/quantization/config.py (GPTQModel v2.2.0).
 # Everything upstream defines is kept unchanged; the Fair-GPTQ delta is:
 #   * the block "Fair-GPTQ configuration" below (parsers, the module matcher, validation),
-#   * seven new QuantizeConfig fields (alpha ... log_dir), validated at the end of __post_init__,
-#   * to_dict() exports them only when alpha > 0, so an alpha=0 checkpoint is byte-identical to upstream's
-#     and a Fair-GPTQ checkpoint still loads with the stock config.py (which ignores unknown keys).
+#   * eight new QuantizeConfig fields (alpha ... log_run_id), validated at the end of __post_init__, together
+#     with the per-module overrides of alpha, ignore_bias, select_layer and sum_hessians inside `dynamic`,
+#   * to_dict() exports them only when some module can get the term (alpha > 0 at the top level or in a `dynamic`
+#     rule), so an alpha=0 checkpoint is byte-identical to upstream's, and a Fair-GPTQ checkpoint still loads
+#     with the stock config.py (which ignores unknown keys).
 
 import copy
 import json
@@ -28,6 +30,8 @@ import numbers
 import operator
 import os.path
 import re
+import secrets
+import time
 from dataclasses import dataclass, field, fields
 from importlib.metadata import version as pkg_version
 from os.path import join
@@ -163,7 +167,9 @@ def dynamic_get(dynamic: Dict[str, Dict[str, Union[int, bool]]], module_name: st
 # ---------------------------------------------------------------------------------------------------------------
 
 FAIR_GPTQ_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "log_delta_w",
-                    "log_hessian_sensitivity", "log_dir")
+                    "log_hessian_sensitivity", "log_dir", "log_run_id")
+# the fields a `dynamic` rule may override for the modules it matches; the log settings belong to the whole run
+FAIR_DYNAMIC_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians")
 
 _MODULE_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -253,6 +259,30 @@ def _as_flag(name: str, value: Any) -> int:
     raise ValueError(f"QuantizeConfig: `{name}` must be 0 or 1, got {value!r}.")
 
 
+def _as_alpha(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"QuantizeConfig: `alpha` must be a number, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"QuantizeConfig: `alpha` must be finite and >= 0, got {value!r}.")
+    return float(value)
+
+
+def normalise_fair_setting(name: str, value: Any) -> Any:
+    """One of FAIR_DYNAMIC_FIELDS checked and put in the form that is saved (plain float, int or string)."""
+    if name == "alpha":
+        return _as_alpha(value)
+    if name == "ignore_bias":
+        return ",".join(parse_ignore_bias(value))
+    if name == "select_layer":
+        return ",".join(str(i) for i in parse_select_layer(value))
+    return _as_flag(name, value)
+
+
+def new_run_id() -> str:
+    """A sortable, practically unique run identifier, e.g. `20261123-101502-3f9a2c1d`."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -321,6 +351,8 @@ class QuantizeConfig():
     log_delta_w: int = field(default=0)
     log_hessian_sensitivity: int = field(default=0)
     log_dir: str = field(default="./logs")
+    # Fair-GPTQ: written into every log record so that runs sharing a log_dir stay apart; "" = generate one
+    log_run_id: str = field(default="")
 
     def __post_init__(self):
         fields_info = fields(self)
@@ -400,20 +432,33 @@ class QuantizeConfig():
     # ---- Fair-GPTQ ------------------------------------------------------------------------------------------------
 
     def _validate_fair_gptq_fields(self):
-        """Check and normalise the Fair-GPTQ fields; every message names the field and the value."""
-        alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-            raise ValueError(f"QuantizeConfig: `alpha` must be a number, got {alpha!r}.")
-        if not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"QuantizeConfig: `alpha` must be finite and >= 0, got {alpha!r}.")
-        self.alpha = float(alpha)
-        self.ignore_bias = ",".join(parse_ignore_bias(self.ignore_bias))
-        self.select_layer = ",".join(str(i) for i in parse_select_layer(self.select_layer))
-        self.sum_hessians = _as_flag("sum_hessians", self.sum_hessians)
+        """Check and normalise the Fair-GPTQ fields, also inside `dynamic`; every message names the field and the
+        value (and the rule)."""
+        for name in FAIR_DYNAMIC_FIELDS:
+            setattr(self, name, normalise_fair_setting(name, getattr(self, name)))
         self.log_delta_w = _as_flag("log_delta_w", self.log_delta_w)
         self.log_hessian_sensitivity = _as_flag("log_hessian_sensitivity", self.log_hessian_sensitivity)
         if not isinstance(self.log_dir, str) or not self.log_dir:
             raise ValueError(f"QuantizeConfig: `log_dir` must be a non-empty path, got {self.log_dir!r}.")
+        if not self.log_run_id:
+            self.log_run_id = new_run_id()  # once per config: GPTQModel deep-copies it per module, keeping the id
+        elif not isinstance(self.log_run_id, str):
+            raise ValueError(f"QuantizeConfig: `log_run_id` must be a string, got {self.log_run_id!r}.")
+        for rule, overrides in list((self.dynamic or {}).items()):
+            run_wide = [name for name in FAIR_GPTQ_FIELDS if name in overrides and name not in FAIR_DYNAMIC_FIELDS]
+            if run_wide:
+                raise ValueError(f"QuantizeConfig: `{run_wide[0]}` applies to the whole run and cannot be set in "
+                                 f"`dynamic` rule {rule!r}; set it on QuantizeConfig itself.")
+            if not any(name in overrides for name in FAIR_DYNAMIC_FIELDS):
+                continue  # rules without Fair-GPTQ keys stay the very objects upstream keeps
+            normalised = dict(overrides)
+            for name in FAIR_DYNAMIC_FIELDS:
+                if name in overrides:
+                    try:
+                        normalised[name] = normalise_fair_setting(name, overrides[name])
+                    except ValueError as error:
+                        raise ValueError(f"{str(error).rstrip('.')} in `dynamic` rule {rule!r}.") from None
+            self.dynamic[rule] = normalised
 
     def ignore_bias_names(self) -> Tuple[str, ...]:
         return parse_ignore_bias(self.ignore_bias)
@@ -422,18 +467,54 @@ class QuantizeConfig():
         """Layer indices that get the fair term; an empty tuple means every layer."""
         return parse_select_layer(self.select_layer)
 
+    def fair_settings_for(self, module_name: Optional[str]) -> Dict[str, Any]:
+        """alpha, ignore_bias, select_layer and sum_hessians as they apply to one module.
+
+        The fields, overridden by the module's `dynamic` rule as GPTQModel looks it up (`dynamic_get`: the first
+        rule whose regex matches the full module name; a key missing from that rule keeps the field's value).
+        A module excluded by a `-:` rule is not quantized at all, so its alpha is 0.
+        """
+        settings = {name: getattr(self, name) for name in FAIR_DYNAMIC_FIELDS}
+        if module_name is None or not self.dynamic:
+            return settings
+        overrides = self.dynamic_get(module_name)
+        if overrides is False:
+            settings["alpha"] = 0.0
+        elif overrides:
+            settings.update({name: overrides[name] for name in FAIR_DYNAMIC_FIELDS if name in overrides})
+        return settings
+
+    def fair_enabled(self) -> bool:
+        """Whether any module of the run can get the term: alpha > 0 at the top level or in a `dynamic` rule."""
+        rules = (overrides for rule, overrides in (self.dynamic or {}).items() if not rule.startswith("-:"))
+        return self.alpha > 0 or any(overrides.get("alpha", 0.0) > 0 for overrides in rules)
+
+    def check_calibration_concat_size(self, calibration_dataset_concat_size: Optional[int]):
+        """Refuse `quantize(calibration_dataset_concat_size=...)` when any module can get the term: GPTQModel then
+        joins sentences into blocks, so rows 2i and 2i+1 of a batch are no longer a (stereotype, anti-stereotype)
+        pair although every shape check still passes."""
+        if calibration_dataset_concat_size and self.fair_enabled():
+            raise ValueError(
+                f"Fair-GPTQ: calibration_dataset_concat_size={calibration_dataset_concat_size} joins calibration "
+                f"sentences into blocks, so rows 2i and 2i+1 of a batch would no longer be a (stereotype, "
+                f"anti-stereotype) pair. Quantize with calibration_dataset_concat_size=None when alpha > 0.")
+
     def fair_term_active(self, module_name: Optional[str], layer_index: Optional[int]) -> bool:
-        """Whether the module gets the paired bias term: alpha > 0, not ignored, in a selected layer.
+        """Whether the module gets the paired bias term: alpha > 0, not ignored, in a selected layer, each as set
+        for this module (`fair_settings_for`: the fields or the module's `dynamic` rule).
 
         `module_name` is the module's full dotted name; None (HF-optimum path, no name) never gets the term.
         Only modules inside a repeating decoder layer (the layer index is a part of their name) are eligible:
         GPTQModel also numbers lm_head with an index past the last layer, and lm_head never gets the term.
         """
-        if self.alpha <= 0 or module_name is None or str(layer_index) not in module_name.split("."):
+        if module_name is None or str(layer_index) not in module_name.split("."):
             return False
-        if any(ignore_bias_matches(entry, module_name) for entry in self.ignore_bias_names()):
+        settings = self.fair_settings_for(module_name)
+        if settings["alpha"] <= 0:
             return False
-        layers = self.selected_layers()
+        if any(ignore_bias_matches(entry, module_name) for entry in parse_ignore_bias(settings["ignore_bias"])):
+            return False
+        layers = parse_select_layer(settings["select_layer"])
         return not layers or layer_index in layers
 
     def fair_gptq_dict(self) -> Dict[str, Any]:
@@ -622,7 +703,7 @@ class QuantizeConfig():
         }
 
         # Fair-GPTQ: only a checkpoint made with the term carries its settings (alpha=0 stays upstream-identical)
-        if self.alpha > 0:
+        if self.fair_enabled():
             out.update(self.fair_gptq_dict())
 
         dynamic = out["dynamic"]

@@ -18,15 +18,25 @@
 
 # Fair-GPTQ overlay of gptqmodel/quantization/gptq.py (GPTQModel v2.2.0).
 # The upstream algorithm is unchanged. The whole Fair-GPTQ delta is the section "Fair-GPTQ" at the end of the
-# GPTQ class (methods named `_fair_*`) plus five call sites marked `# Fair-GPTQ`:
+# GPTQ class (methods named `_fair_*`, and one function after it) plus five call sites marked `# Fair-GPTQ`:
 #   __init__ (gating), add_batch (pair layout), process_batch (accumulate H01), quantize (shift W before the
-#   column loop; log sensitivity after it), free. A module whose term is inactive (alpha=0, ignored module,
-#   unselected layer, HF-optimum path) runs exactly the upstream code and allocates nothing extra.
+#   column loop; write the logs after it), free. A module whose term is inactive (alpha=0, ignored module,
+#   unselected layer, HF-optimum path) runs exactly the upstream code and allocates nothing extra. alpha,
+#   ignore_bias, select_layer and sum_hessians can be set per module through `dynamic` (QuantizeConfig.fair_settings_for).
 #
-# Math: H = (2/n) sum X X^T as upstream. For calibration batches whose rows 2i, 2i+1 are a
-# (stereotype, anti-stereotype) pair, H01 = alpha (2/n_pairs) sum_pairs D D^T with D = X_s - X_a (token-aligned).
-# Before quantizing, W' = argmin ||(W'-W)X||^2 + alpha ||W' D||^2 = W - W H01 (H + H01)^-1  (sum_hessians=1),
-# or its first-order form W - W H01 H^-1 (sum_hessians=0); then W' is quantized with GPTQ and H as usual.
+# What is minimised. For one module let X hold, as columns, the module's input at every calibration token
+# position (padding included), and D the token-aligned differences X_s - X_a of every pair, where rows 2i, 2i+1
+# of a batch are a (stereotype, anti-stereotype) pair. n counts samples as GPTQModel does for H: a 3-D input
+# (batch, seq, hidden) adds `batch` samples, a flattened 2-D input (OPT's fc1/fc2) adds ONE per batch; n_pairs
+# = n/2 in the same unit. Then
+#     H = (2/n) X X^T   (upstream)          H01 = alpha (2/n_pairs) D D^T = alpha (4/n) D D^T
+# and W' = W - W H01 (H + H01)^-1 (sum_hessians=1) is the minimiser of
+#     tr((W'-W) H (W'-W)^T) + tr(W' H01 W'^T) = (2/n) [ ||(W'-W) X||_F^2 + 2 alpha ||W' D||_F^2 ],
+# i.e. of ||(W'-W)X||^2 + 2 alpha ||W'D||^2. GPTQ's dampening (lambda = damp_percent * mean diag(H + H01),
+# dead columns set to 1, raised on failure as upstream does) adds (n/2) lambda ||W'-W||_F^2 to that objective.
+# sum_hessians=0 uses W' = W - W H01 (H + lambda I)^-1 instead, its first-order form in alpha.
+# Then W' is quantized by GPTQ with H as usual, so the quantization loss GPTQModel prints for such a module is
+# measured against W'; log_delta_w=1 also records it against W (delta_w.jsonl: loss_vs_w).
 
 import json
 import math
@@ -61,6 +71,8 @@ lock = Lock() # guard against => RuntimeError: lazy wrapper should be called at 
 # same batch. GPTQModel runs every batch of a layer in the same order for each subset of modules, and the attention
 # modules come first, so the entry exists before fc1/fc2 need it.
 _FAIR_BATCH_SHAPES: Dict[Tuple[int, int], Tuple[int, int]] = {}
+# Fair-GPTQ: runs (log_run_id) whose log already says what the printed loss of an active module measures
+_FAIR_LOSS_NOTICE_GIVEN = set()
 
 class GPTQ:
     def __init__(self, module: nn.Module, qcfg: Optional[QuantizeConfig]=None):
@@ -334,7 +346,7 @@ class GPTQ:
             self.module_copy = None
 
         if self.fair_active:  # Fair-GPTQ: quantize W' instead of W
-            W, shifted_W = self._fair_shift_weights(W)
+            W = self._fair_shift_weights(W)
 
         self.quantizer.find_params(W, weight=True)
 
@@ -474,8 +486,8 @@ class GPTQ:
             Q = Q[:, invperm]
             g_idx = g_idx[invperm]
 
-        if self.fair_active and shifted_W is not None:  # Fair-GPTQ: after quantization, in original column order
-            self._fair_log_sensitivity(shifted_W, Q)
+        if self.fair_active:  # Fair-GPTQ: logs, after quantization, in original column order
+            self._fair_after_quantize(Q, avg_loss, damp_percent)
 
         if isinstance(self.module, transformers.Conv1D):
             Q = Q.t()
@@ -518,7 +530,7 @@ class GPTQ:
 
         if hasattr(self, "H"):
             del self.H
-        self.H01 = None  # Fair-GPTQ
+        self.H01 = self._fair_loss_inputs = self._fair_sensitivity_inputs = None  # Fair-GPTQ
         del self.quantizer
         del self.module_copy
         del self.module
@@ -530,18 +542,25 @@ class GPTQ:
     # -----------------------------------------------------------------------------------------------------------
 
     def _fair_init(self, module: nn.Module):
-        """Decide once whether this module gets the paired bias term (see QuantizeConfig.fair_term_active)."""
+        """Decide once whether this module gets the paired bias term (QuantizeConfig.fair_term_active, with the
+        module's `dynamic` overrides) and with which alpha and form."""
         named = isinstance(module, NamedModule)
         self.full_name = module.full_name if named else None
         self.layer_index = module.layer_index if named else None
-        alpha = getattr(self.qcfg, "alpha", 0.0)
+        settings = self.qcfg.fair_settings_for(self.full_name)
+        self.fair_alpha, self.fair_sum_hessians = settings["alpha"], settings["sum_hessians"]
         # every named module of a Fair-GPTQ run records its batch shapes, so flattened siblings can find their pairs
-        self._fair_records_shapes = named and alpha > 0
-        self.fair_active = named and alpha > 0 and self.qcfg.fair_term_active(self.full_name, self.layer_index)
+        self._fair_records_shapes = named and self.qcfg.fair_enabled()
+        self.fair_active = self.qcfg.fair_term_active(self.full_name, self.layer_index)  # False without a name
         self.H01 = None
         self.n_pairs = 0  # real pairs seen (logged)
         self._fair_nsamples = 0  # H01's running-average count, in the unit upstream uses for H (see _fair_accumulate)
         self._fair_buffered_shapes = []
+        self._fair_record = None  # the delta_w.jsonl record, completed after quantization
+        self._fair_loss_inputs = None  # (W, H) kept for the loss against W (log_delta_w only)
+        self._fair_sensitivity_inputs = None  # (W', diag H01) kept for the sensitivity log
+        if self._fair_records_shapes:
+            _fair_refuse_concatenated_calibration(self.qcfg)
         if self.fair_active and not isinstance(self.module, (nn.Linear, transformers.Conv1D)):
             raise ValueError(f"Fair-GPTQ: module `{self.full_name}` is a {type(self.module).__name__}; the paired bias "
                              f"term supports nn.Linear and transformers Conv1D only. Add it to `ignore_bias`.")
@@ -581,6 +600,8 @@ class GPTQ:
         Upstream counts a 3-D batch as `batch` samples but a flattened 2-D batch (OPT's fc1/fc2) as ONE sample,
         which makes H `batch` times larger there. H01 is counted in the same unit as H, n_pairs = samples / 2, so
         the H01 : H ratio, and with it W', is the same for both input layouts and for every batch size.
+        Out of memory, H01 gets upstream's fallbacks for H: allocation retried after emptying the cache, and a
+        batch that cannot be accumulated on the device is accumulated on the CPU, then H01 moves back.
         """
         batch_size, seq_len = pair_shape
         if batch_size % 2 != 0:
@@ -592,19 +613,36 @@ class GPTQ:
         new_pairs = batch_size // 2
         samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H
         if self.H01 is None:
-            self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
+            try:
+                self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
+            except torch.OutOfMemoryError:
+                log.info("Memory: OOM H01 allocate bypass")
+                torch_empty_cache()
+                self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
         else:
             self.H01 *= self._fair_nsamples / (self._fair_nsamples + samples)
         self._fair_nsamples += samples
         self.n_pairs += new_pairs
-        scale = self.qcfg.alpha * 2 / (self._fair_nsamples / 2)
+        scale = self.fair_alpha * 2 / (self._fair_nsamples / 2)
         # one pair at a time: a (seq, hidden) difference, never a copy of the whole batch
         for pair in range(new_pairs):
-            delta = sequences[2 * pair].float() - sequences[2 * pair + 1].float()
-            self.H01.addmm_(delta.t(), delta, alpha=scale)
+            try:
+                self._fair_add_pair(sequences, pair, scale)
+            except torch.OutOfMemoryError:
+                log.info("Memory: OOM cpu bypass for Fair-GPTQ H01 accumulation")
+                torch_empty_cache()
+                self.H01, sequences = self.H01.to(device=CPU), sequences.to(device=CPU)
+                self._fair_add_pair(sequences, pair, scale)  # this pair was not added: OOM comes before the update
+        self.H01 = self.H01.to(device=self.device)  # back where H lives (a no-op unless the fallback ran)
+
+    def _fair_add_pair(self, sequences: torch.Tensor, pair: int, scale: float):
+        """H01 += scale * D^T D with D = X_s - X_a, the token-aligned difference of pair `pair` of the batch."""
+        delta = sequences[2 * pair].float() - sequences[2 * pair + 1].float()
+        self.H01.addmm_(delta.t(), delta, alpha=scale)
 
     def _fair_damped_cholesky(self, M: torch.Tensor) -> Tuple[torch.Tensor, float]:
-        """Cholesky factor of M with upstream's dampening rule: damp_percent * mean(diag), raised on failure."""
+        """Cholesky factor of M with upstream's dampening rule: damp_percent * mean(diag) added to the diagonal,
+        and added again (with damp_percent raised by damp_auto_increment) each time the factorisation fails."""
         damp_percent = self.qcfg.damp_percent
         diag = torch.arange(self.columns, device=M.device)
         while 1 > damp_percent > 0:
@@ -620,21 +658,24 @@ class GPTQ:
             damp_percent += self.qcfg.damp_auto_increment
         raise ValueError(f"Fair-GPTQ: `damp_percent` must be between 0 and 1 for `{self.full_name}`, is {damp_percent}.")
 
-    def _fair_shift_weights(self, W: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _fair_shift_weights(self, W: torch.Tensor) -> torch.Tensor:
         """W' = W - W H01 M^-1 with M = H + H01 (sum_hessians=1) or M = H (sum_hessians=0), both dampened.
 
-        Returns W' and, when the sensitivity log is on, a copy of W' to compare with the quantized weights.
+        Keeps what the logs need after quantization: the delta_w.jsonl record and, with log_delta_w, copies of W
+        and H for the loss against W; with log_hessian_sensitivity, a copy of W' and diag(H01).
         """
         if self.H01 is None:
-            return W, None
+            return W
         H, H01 = self.H, self.H01
         self.H01 = None
+        if self.qcfg.log_delta_w:
+            self._fair_loss_inputs = (W.clone(), H.clone())
         W_times_H01 = W.matmul(H01)
         h01_diag = torch.diag(H01).clone()
         # M reuses H01's memory: the only extra columns x columns matrix a module holds. Its Cholesky factor exists
         # for the moment of the solve below (an in-place factorisation would leave nothing to retry with when
         # the dampening has to be raised).
-        M = H01.add_(H) if self.qcfg.sum_hessians else H01.copy_(H)
+        M = H01.add_(H) if self.fair_sum_hessians else H01.copy_(H)
         del H01
         dead = torch.diag(H) == 0  # the same dead-column rule as the GPTQ inverse below
         M[dead, dead] = 1
@@ -647,25 +688,63 @@ class GPTQ:
         W.sub_(delta_W)
         if self.qcfg.log_delta_w:
             delta_norm = torch.linalg.norm(delta_W).item()
-            self._fair_append_log("delta_w.jsonl", {
-                "module": self.full_name, "layer_index": self.layer_index, "alpha": self.qcfg.alpha,
-                "sum_hessians": self.qcfg.sum_hessians, "n_pairs": self.n_pairs, "damp_percent": shift_damp,
-                "delta_w_fro": delta_norm, "relative_delta_w": delta_norm / W_norm if W_norm > 0 else 0.0,
-            })
+            self._fair_record = {
+                "run_id": self.qcfg.log_run_id, "module": self.full_name, "layer_index": self.layer_index,
+                "alpha": self.fair_alpha, "sum_hessians": self.fair_sum_hessians, "n_pairs": self.n_pairs,
+                "damp_percent": shift_damp, "delta_w_fro": delta_norm,
+                "relative_delta_w": delta_norm / W_norm if W_norm > 0 else 0.0,
+            }
         del delta_W
-        if not self.qcfg.log_hessian_sensitivity:
-            return W, None
-        self._fair_h01_diag = h01_diag
-        shifted_copy = W.clone()
-        shifted_copy[:, dead] = 0  # GPTQ zeroes dead columns of W' before quantizing: compare like with like
-        return W, shifted_copy
+        if self.qcfg.log_hessian_sensitivity:
+            shifted_copy = W.clone()
+            shifted_copy[:, dead] = 0  # GPTQ zeroes dead columns of W' before quantizing: compare like with like
+            self._fair_sensitivity_inputs = (shifted_copy, h01_diag)
+        return W
 
-    def _fair_log_sensitivity(self, shifted_W: torch.Tensor, Q: torch.Tensor):
+    def _fair_after_quantize(self, Q: torch.Tensor, loss: float, damp_percent: float):
+        """Writes the logs of an active module; Q is in W's orientation and original column order.
+
+        GPTQ's loss (printed by GPTQModel) of this module is measured against W', the weights it quantized. The
+        delta_w.jsonl record keeps it as `loss_vs_shifted_w` and adds `loss_vs_w`, the same quantity against W
+        (see _fair_gptq_loss), which is what a stock GPTQ run's loss measures.
+        """
+        if self.qcfg.log_run_id not in _FAIR_LOSS_NOTICE_GIVEN:
+            _FAIR_LOSS_NOTICE_GIVEN.add(self.qcfg.log_run_id)
+            log.info("Fair-GPTQ: for modules with the fair term, the quantization log's `loss` is measured against "
+                     "the shifted weights W' = W - dW, not against W, so it is not comparable with a stock GPTQ "
+                     "run's; log_delta_w=1 records both (delta_w.jsonl: loss_vs_shifted_w, loss_vs_w).")
+        if self._fair_record is not None:
+            W, H = self._fair_loss_inputs
+            self._fair_loss_inputs = None
+            self._fair_record.update(loss_vs_shifted_w=loss, loss_vs_w=self._fair_gptq_loss(Q, W, H, damp_percent))
+            self._fair_append_log("delta_w.jsonl", self._fair_record)
+            self._fair_record = None
+        if self._fair_sensitivity_inputs is not None:
+            self._fair_log_sensitivity(Q)
+
+    def _fair_gptq_loss(self, Q: torch.Tensor, W: torch.Tensor, H: torch.Tensor, damp_percent: float) -> float:
+        """GPTQ's loss of quantizing W to Q: 1/2 tr((Q - W) H_d (Q - W)^T) / nsamples.
+
+        GPTQ reports sum_j (w_j - q_j)^2 / (2 d_j^2) / nsamples, which equals this closed form (W - Q = Err U with
+        U the upper Cholesky factor of H_d^-1, so the trace is ||Err||^2). H_d is the H GPTQ inverted: dead columns
+        set to 1 (W's dead columns to 0) and damp_percent * mean(diag) added; it is exact when the dampening was not
+        raised. `W` and `H` are this module's own copies and are modified.
+        """
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        H.diagonal().add_(damp_percent * torch.mean(torch.diag(H)))
+        error = Q.to(W.dtype) - W
+        return 0.5 * torch.sum(error.matmul(H) * error).item() / self.nsamples
+
+    def _fair_log_sensitivity(self, Q: torch.Tensor):
         """Per column j: H01[j,j] * ||W'[:,j] - Q[:,j]||_2, measured after quantization, written sorted as CSV."""
+        shifted_W, h01_diag = self._fair_sensitivity_inputs
+        self._fair_sensitivity_inputs = None
         error = torch.linalg.norm(shifted_W - Q.to(shifted_W.dtype), dim=0)
-        sensitivity = self._fair_h01_diag * error
+        sensitivity = h01_diag * error
         order = torch.argsort(sensitivity, descending=True).tolist()
-        h01_diag, error, sensitivity = (t.tolist() for t in (self._fair_h01_diag, error, sensitivity))
+        h01_diag, error, sensitivity = (t.tolist() for t in (h01_diag, error, sensitivity))
         rows = ["column,h01_diag,weight_error_l2,sensitivity"]
         rows += [f"{j},{h01_diag[j]:.9g},{error[j]:.9g},{sensitivity[j]:.9g}" for j in order]
         folder = os.path.join(self.qcfg.log_dir, "hessian_sensitivity")
@@ -674,12 +753,27 @@ class GPTQ:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write("\n".join(rows) + "\n")
         os.replace(path + ".tmp", path)  # a reader never sees half a file
-        self._fair_h01_diag = None
 
     def _fair_append_log(self, filename: str, record: dict):
         os.makedirs(self.qcfg.log_dir, exist_ok=True)
         with open(os.path.join(self.qcfg.log_dir, filename), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _fair_refuse_concatenated_calibration(qcfg: QuantizeConfig):
+    """Refuse `quantize(calibration_dataset_concat_size=N)` in a Fair-GPTQ run, before any layer is quantized.
+
+    GPTQModel hands that argument only to its dataset preparation, which keeps no trace of it; the only place the
+    overlay can see it is the frame of `BaseGPTQModel.quantize`, which is still running while the modules of the
+    first layer are set up.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "quantize" and "calibration_dataset_concat_size" in code.co_varnames:
+            qcfg.check_calibration_concat_size(frame.f_locals.get("calibration_dataset_concat_size"))
+            return
+        frame = frame.f_back
 
 
 __all__ = ["GPTQ"]

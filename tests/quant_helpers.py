@@ -19,10 +19,11 @@ QUANTIZATION_DIR = upstream_path("gptq").parent
 
 
 def quantize_and_load_tensors(model_dir, out_dir, monkeypatch=None, gptq_class=None, calibration=None,
-                              batch_size=2, **qcfg_kwargs) -> dict:
+                              batch_size=2, quantize_kwargs=None, **qcfg_kwargs) -> dict:
     """Quantize `model_dir` on CPU, save to `out_dir`, return the saved tensors.
 
-    `gptq_class` replaces the GPTQ class the GPTQ processor uses (e.g. upstream's) for this run.
+    `gptq_class` replaces the GPTQ class the GPTQ processor uses (e.g. upstream's) for this run;
+    `quantize_kwargs` go to `GPTQModel.quantize` (e.g. buffered_fwd), the rest to `QuantizeConfig`.
     """
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     import gptqmodel.looper.gptq_processor as processor
@@ -31,7 +32,8 @@ def quantize_and_load_tensors(model_dir, out_dir, monkeypatch=None, gptq_class=N
         monkeypatch.setattr(processor, "GPTQ", gptq_class)
     qcfg = QuantizeConfig(bits=4, device="cpu", **qcfg_kwargs)
     model = GPTQModel.load(str(model_dir), qcfg)
-    model.quantize(calibration or CALIBRATION_PAIRS, batch_size=batch_size, backend=BACKEND.TORCH)
+    model.quantize(calibration or CALIBRATION_PAIRS, batch_size=batch_size, backend=BACKEND.TORCH,
+                   **(quantize_kwargs or {}))
     model.save(str(out_dir))
     if gptq_class is not None:
         monkeypatch.undo()
@@ -39,3 +41,9 @@ def quantize_and_load_tensors(model_dir, out_dir, monkeypatch=None, gptq_class=N
     for file in sorted(Path(out_dir).glob("*.safetensors")):
         tensors.update(load_file(str(file)))
     return tensors
+
+
+def read_delta_w_log(log_dir) -> list:
+    """The records of `log_dir/delta_w.jsonl`, in the order they were written."""
+    import json
+    return [json.loads(line) for line in (Path(log_dir) / "delta_w.jsonl").read_text().splitlines()]

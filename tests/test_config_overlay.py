@@ -116,3 +116,102 @@ def test_numpy_numbers_are_accepted():
     assert cfg.alpha == 0.25 and type(cfg.alpha) is float and cfg.selected_layers() == (1, 3)
     with pytest.raises(ValueError, match="not a layer index"):
         QuantizeConfig(select_layer=[1.0])
+
+
+# ----------------------------------------------------------------------------- per-module overrides in `dynamic`
+
+@pytest.mark.parametrize("field, value, message", [
+    ("alpha", "nonsense", r"`alpha` must be a number, got 'nonsense' in `dynamic` rule '\.\*fc2'\.$"),
+    ("alpha", -1, r"`alpha` must be finite and >= 0, got -1 in `dynamic` rule '\.\*fc2'\.$"),
+    ("alpha", math.inf, r"`alpha` must be finite and >= 0, got inf in `dynamic` rule"),
+    ("ignore_bias", "q_proj,fc-1", r"`ignore_bias` entry 'fc-1' .* in `dynamic` rule '\.\*fc2'\.$"),
+    ("select_layer", "5-2", r"range '5-2' runs backwards in `dynamic` rule '\.\*fc2'\.$"),
+    ("sum_hessians", 2, r"`sum_hessians` must be 0 or 1, got 2 in `dynamic` rule '\.\*fc2'\.$"),
+])
+def test_bad_dynamic_values_are_refused_naming_the_rule(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        QuantizeConfig(alpha=0.1, dynamic={r".*fc2": {field: value}})
+
+
+@pytest.mark.parametrize("field", ["log_delta_w", "log_hessian_sensitivity", "log_dir", "log_run_id"])
+def test_run_wide_settings_cannot_be_set_per_module(field):
+    with pytest.raises(ValueError, match=rf"`{field}` applies to the whole run .* `dynamic` rule '\.\*fc2'"):
+        QuantizeConfig(alpha=0.1, dynamic={r".*fc2": {field: 1}})
+
+
+def test_dynamic_values_are_saved_normalised_and_other_rules_untouched():
+    import numpy as np
+    bits_rule = {"bits": 8}
+    cfg = QuantizeConfig(alpha=0.1, dynamic={r".*fc2": {"alpha": np.float32(0.5), "select_layer": "2-3,0",
+                                                        "ignore_bias": [" q_proj", "k_proj"]},
+                                             r".*fc1": bits_rule})
+    assert cfg.dynamic[r".*fc2"] == {"alpha": 0.5, "select_layer": "0,2,3", "ignore_bias": "q_proj,k_proj"}
+    assert type(cfg.dynamic[r".*fc2"]["alpha"]) is float
+    assert cfg.dynamic[r".*fc1"] is bits_rule
+    json.dumps(cfg.to_dict())  # numpy numbers would not serialise
+
+
+def test_dynamic_overrides_follow_gptqmodels_first_matching_rule():
+    cfg = QuantizeConfig(alpha=0.1, ignore_bias="q_proj", select_layer="0-2", dynamic={
+        r"-:.*\.2\.fc1": {},
+        r".*\.1\.fc2": {"alpha": 0.0},
+        r".*\.fc2": {"alpha": 0.3, "sum_hessians": 0},
+        r".*\.0\.self_attn\.q_proj": {"ignore_bias": ""},
+        r".*\.fc1": {"select_layer": "5"},
+    })
+    name = "model.decoder.layers.{}.{}".format
+    assert cfg.fair_settings_for(name(0, "fc2")) == dict(alpha=0.3, ignore_bias="q_proj", select_layer="0,1,2",
+                                                         sum_hessians=0)
+    assert cfg.fair_settings_for(name(1, "fc2"))["alpha"] == 0.0  # the first matching rule wins
+    assert cfg.fair_settings_for(name(0, "self_attn.out_proj"))["alpha"] == 0.1  # no rule: the fields
+    assert cfg.fair_settings_for(name(2, "fc1"))["alpha"] == 0.0  # excluded by `-:`: not quantized at all
+    assert cfg.fair_settings_for(None) == dict(alpha=0.1, ignore_bias="q_proj", select_layer="0,1,2", sum_hessians=1)
+
+    assert cfg.fair_term_active(name(0, "fc2"), 0) and not cfg.fair_term_active(name(1, "fc2"), 1)
+    assert not cfg.fair_term_active(name(3, "fc2"), 3)  # the rule sets alpha only: select_layer 0-2 still holds
+    assert cfg.fair_term_active(name(0, "self_attn.q_proj"), 0)  # its rule empties ignore_bias
+    assert not cfg.fair_term_active(name(1, "self_attn.q_proj"), 1)
+    assert not cfg.fair_term_active(name(1, "fc1"), 1) and cfg.fair_term_active(name(5, "fc1"), 5)
+    assert not cfg.fair_term_active(name(2, "fc1"), 2)
+
+
+def test_a_dynamic_alpha_alone_enables_the_term_and_its_export():
+    cfg = QuantizeConfig(alpha=0.0, dynamic={r".*\.fc2": {"alpha": 0.2}})
+    assert cfg.fair_enabled()
+    assert cfg.fair_term_active("model.decoder.layers.1.fc2", 1)
+    assert not cfg.fair_term_active("model.decoder.layers.1.fc1", 1)
+    assert cfg.to_dict()["log_run_id"] == cfg.log_run_id and cfg.to_dict()["alpha"] == 0.0
+    assert not QuantizeConfig(alpha=0.0, dynamic={r"-:.*\.fc2": {"alpha": 0.2}}).fair_enabled()
+    assert not QuantizeConfig(alpha=0.0, dynamic={r".*\.fc2": {"alpha": 0.0, "bits": 8}}).fair_enabled()
+
+
+# ----------------------------------------------------------------------------- run identifier
+
+def test_run_id_is_generated_once_per_config_and_kept_by_copies():
+    import copy
+    first, second = QuantizeConfig(alpha=0.1), QuantizeConfig(alpha=0.1)
+    assert first.log_run_id and second.log_run_id and first.log_run_id != second.log_run_id
+    assert copy.deepcopy(first).log_run_id == first.log_run_id  # GPTQModel deep-copies the config per module
+    assert QuantizeConfig(alpha=0.1, log_run_id="smollm2-fair").log_run_id == "smollm2-fair"
+    with pytest.raises(ValueError, match=r"`log_run_id` must be a string, got 7"):
+        QuantizeConfig(log_run_id=7)
+
+
+def test_run_id_is_saved_with_the_term_only(tmp_path):
+    QuantizeConfig(bits=4, alpha=0.0, log_run_id="plain").save_pretrained(str(tmp_path))
+    assert "log_run_id" not in json.loads((tmp_path / "quantize_config.json").read_text())
+    QuantizeConfig(bits=4, alpha=0.1, log_run_id="fair").save_pretrained(str(tmp_path))
+    assert json.loads((tmp_path / "quantize_config.json").read_text())["log_run_id"] == "fair"
+    assert QuantizeConfig.from_pretrained(str(tmp_path)).log_run_id == "fair"
+
+
+# ----------------------------------------------------------------------------- concatenated calibration
+
+def test_concatenated_calibration_is_refused_when_the_term_is_on():
+    message = r"calibration_dataset_concat_size=256 joins calibration sentences.*no longer be a .*pair"
+    with pytest.raises(ValueError, match=message):
+        QuantizeConfig(alpha=0.1).check_calibration_concat_size(256)
+    with pytest.raises(ValueError, match=message):
+        QuantizeConfig(alpha=0.0, dynamic={r".*fc2": {"alpha": 0.1}}).check_calibration_concat_size(256)
+    QuantizeConfig(alpha=0.1).check_calibration_concat_size(None)
+    QuantizeConfig(alpha=0.0).check_calibration_concat_size(256)  # plain GPTQ: upstream's choice

@@ -87,9 +87,9 @@ def test_batch_size_two_and_four_give_the_same_h01_in_a_model(tiny_opt_dir, tmp_
     def capture(self, W):
         before = W.clone()
         h01[self.batch_size_under_test][self.full_name] = self.H01.clone()
-        shifted, copy = original(self, W)
+        shifted = original(self, W)
         shifts[self.batch_size_under_test][self.full_name] = before - shifted
-        return shifted, copy
+        return shifted
 
     monkeypatch.setattr(GPTQ, "_fair_shift_weights", capture)
     for batch_size in (2, 4):

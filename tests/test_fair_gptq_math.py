@@ -54,8 +54,7 @@ def run_gptq(module, batches, **cfg):
 
 def captured_shift(g):
     """Run the weight shift of a filled GPTQ task and return W'."""
-    W, _ = g._fair_shift_weights(g.module_copy.clone())
-    return W
+    return g._fair_shift_weights(g.module_copy.clone())
 
 
 @pytest.mark.parametrize("sum_hessians", [1, 0])
@@ -216,3 +215,117 @@ def test_dead_columns_have_no_sensitivity_error(tmp_path):
 def test_lm_head_never_gets_the_term():
     lm_head = NamedModule(nn.Linear(COLS, ROWS), name="lm_head", full_name="lm_head", layer_index=4)
     assert not GPTQ(lm_head, QuantizeConfig(alpha=0.5)).fair_active
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+def test_h01_allocation_retries_after_emptying_the_cache_like_h(monkeypatch):
+    import gptqmodel.quantization.gptq as overlay
+    batches = [paired_inputs(2)]
+    real_zeros, calls, emptied = torch.zeros, [], []
+
+    def zeros_failing_once(*args, **kwargs):
+        if args == ((COLS, COLS),):
+            calls.append(args)
+            if len(calls) == 1:  # the first columns x columns allocation of process_batch is H01's (H's follows)
+                raise torch.OutOfMemoryError("forced for the test")
+        return real_zeros(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", zeros_failing_once)
+    monkeypatch.setattr(overlay, "torch_empty_cache", lambda *a, **k: emptied.append(True))
+    g = run_gptq(named_linear(), batches, alpha=0.4)
+    monkeypatch.undo()
+    assert len(calls) == 3 and emptied == [True]  # H01 failed, H01 retried, H
+    _, _, H01 = reference_shift(torch.zeros(ROWS, COLS), batches, 0.4, 1, 0.01)
+    torch.testing.assert_close(g.H01.double(), H01, rtol=1e-5, atol=1e-5)
+
+
+def test_h01_accumulation_falls_back_to_the_cpu_without_losing_or_repeating_a_pair(monkeypatch):
+    """OOM at the second of three pairs: that pair and the rest are added on the CPU, each exactly once."""
+    import gptqmodel.quantization.gptq as overlay
+    batches = [paired_inputs(3, seed=11), paired_inputs(3, seed=12)]
+    real_add, calls, emptied = GPTQ._fair_add_pair, [], []
+
+    def add_failing_once(self, sequences, pair, scale):
+        calls.append((pair, sequences.device.type, self.H01.device.type))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("forced for the test")
+        return real_add(self, sequences, pair, scale)
+
+    monkeypatch.setattr(GPTQ, "_fair_add_pair", add_failing_once)
+    monkeypatch.setattr(overlay, "torch_empty_cache", lambda *a, **k: emptied.append(True))
+    g = run_gptq(named_linear(), batches, alpha=0.4)
+    assert [pair for pair, _, _ in calls] == [0, 1, 1, 2, 0, 1, 2] and emptied == [True]
+    assert all(device == "cpu" for _, seq_device, h01_device in calls[2:4] for device in (seq_device, h01_device))
+    assert g.H01.device == g.device and g.n_pairs == 6
+    _, _, H01 = reference_shift(torch.zeros(ROWS, COLS), batches, 0.4, 1, 0.01)
+    torch.testing.assert_close(g.H01.double(), H01, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the shift's dampening
+
+def small_task(**cfg):
+    linear = NamedModule(nn.Linear(4, 3), name="fc", full_name="model.layers.0.fc", layer_index=0)
+    return GPTQ(linear, QuantizeConfig(alpha=0.1, **cfg))
+
+
+def test_dampening_is_raised_until_the_factorisation_succeeds():
+    """Worked by hand: diag(1, 1, 1, -0.1), damp_percent 0.1, increment 0.1.
+    Try 1: mean diag 0.725, +0.0725 each -> last entry -0.0275, fails. Try 2 (0.2): mean diag 0.7975, +0.1595
+    -> diag(1.232, 1.232, 1.232, 0.132), positive definite."""
+    g = small_task(damp_percent=0.1, damp_auto_increment=0.1)
+    L, damp_percent = g._fair_damped_cholesky(torch.diag(torch.tensor([1.0, 1.0, 1.0, -0.1])))
+    assert damp_percent == pytest.approx(0.2)
+    torch.testing.assert_close(L @ L.t(), torch.diag(torch.tensor([1.232, 1.232, 1.232, 0.132])))
+
+
+def test_dampening_that_may_not_be_raised_fails_with_the_module_name():
+    g = small_task(damp_percent=0.1, damp_auto_increment=0.0)
+    with pytest.raises(ValueError, match=r"`model\.layers\.0\.fc` is not positive definite at damp_percent=0\.10000"):
+        g._fair_damped_cholesky(torch.diag(torch.tensor([1.0, 1.0, 1.0, -0.1])))
+
+
+def test_dampening_raised_to_one_fails():
+    g = small_task(damp_percent=0.1, damp_auto_increment=0.3)  # 0.1, 0.4, 0.7, then 1.0 stops the loop
+    with pytest.raises(ValueError, match=r"`damp_percent` must be between 0 and 1 for `model\.layers\.0\.fc`"):
+        g._fair_damped_cholesky(torch.diag(torch.tensor([1.0, 1.0, 1.0, -2.0])))
+
+
+# ----------------------------------------------------------------------------- the loss and the run id in the log
+
+def gptq_loss_float64(Q, W, H, damp_percent, nsamples):
+    """GPTQ's loss from its definition: 1/2 tr((Q - W) H_d (Q - W)^T) / nsamples, H_d = H + damp mean(diag H) I."""
+    H_d = H + damp_percent * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=torch.float64)
+    E = Q.double() - W.double()
+    return 0.5 * torch.trace(E @ H_d @ E.t()).item() / nsamples
+
+
+def test_log_records_the_loss_against_w_and_against_w_prime(tmp_path):
+    batches = [paired_inputs(2, seed=3), paired_inputs(2, seed=4)]
+    module = named_linear()
+    W = module.weight.data.clone()
+    g = run_gptq(module, batches, alpha=0.5, log_delta_w=1, log_dir=str(tmp_path), log_run_id="run-a")
+    Q, _, _, _, _, avg_loss, damp_percent, nsamples = g.quantize()
+    shifted, H, _ = reference_shift(W, batches, 0.5, 1, g.qcfg.damp_percent)
+    record = json.loads((tmp_path / "delta_w.jsonl").read_text())
+    assert record["run_id"] == "run-a" and nsamples == 8
+    # the printed loss is GPTQ's loss against W' ...
+    assert record["loss_vs_shifted_w"] == avg_loss
+    assert avg_loss == pytest.approx(gptq_loss_float64(Q, shifted, H, damp_percent, nsamples), rel=1e-3)
+    # ... and the record adds the same quantity against W, which is what a stock run reports
+    expected = gptq_loss_float64(Q, W, H, damp_percent, nsamples)
+    assert record["loss_vs_w"] == pytest.approx(expected, rel=1e-3)
+    assert record["loss_vs_w"] > 2 * record["loss_vs_shifted_w"]  # the shift itself is part of the change from W
+
+
+def test_the_loss_notice_is_logged_once_per_run(monkeypatch):
+    import gptqmodel.quantization.gptq as overlay
+    notes = []
+    monkeypatch.setattr(overlay.log, "info", lambda message, *a, **k: notes.append(message))
+    cfg = dict(alpha=0.5, desc_act=False, group_size=-1)
+    for run_id in ("run-b", "run-b", "run-c"):
+        g = GPTQ(named_linear(), QuantizeConfig(log_run_id=run_id, **cfg))
+        g.quantizer.configure(perchannel=True)
+        g.add_batch(paired_inputs(1), None)
+        g.quantize()
+    assert sum("measured against the shifted weights W'" in note for note in notes) == 2
