@@ -103,7 +103,9 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
 
     def hook(name):
         def capture(_module, args):
-            captured[name] = args[0].detach()[0].float().cpu()  # (tokens, columns) of the single sentence
+            # (tokens, columns) of the single sentence; OPT's fc1/fc2 receive it already flattened to 2-D
+            x = args[0].detach()
+            captured[name] = x.reshape(-1, x.shape[-1]).float().cpu()
         return capture
 
     handles = [fp_modules[name].register_forward_pre_hook(hook(name)) for name in module_names]

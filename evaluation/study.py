@@ -101,8 +101,9 @@ def matched_ppl_difference(method_run: dict, method_ppl: float, curve_runs: list
     full = np.arange(n)[None, :]
     point_curve = interpolate_log_ppl(curve_ppls, [resampler(r, metric)(full)[0] for r in curve_runs], method_ppl)
     if point_curve is None:
-        return {"diff": None, "ci": None, "n": n, "curve_value": None,
-                "note": f"perplexity {method_ppl:.2f} outside the curve's range "
+        side = "below" if method_ppl < min(curve_ppls) else "above"
+        return {"diff": None, "ci": None, "n": n, "curve_value": None, "side": side,
+                "note": f"perplexity {method_ppl:.2f} {side} the curve's range "
                         f"[{min(curve_ppls):.2f}, {max(curve_ppls):.2f}]"}
     idx = metrics.bootstrap_indices(n, n_resamples, seed)
     method_values = resampler(method_run, metric)(idx)

@@ -1,6 +1,20 @@
 #!/usr/bin/env python3
-"""Quantize one model several ways and evaluate all of them: the paper's comparison and its controls.
+"""Quantize one model several ways and evaluate all of them: the controlled study, the paper's comparison and
+its controls.
 
+`--suite study` (the default) is the controlled study: does Fair-GPTQ lower bias beyond what any degradation of
+the model does? One curve per calibration mode (stereo-anti = the method; shuffled and unrelated pairs; stereo-anti
+on token-aligned pairs only) over alpha in {0.1, 0.3, 1, 3}, plus full precision, plain GPTQ and two degradation
+references without any pair term (3 bits; 4 bits without groups); full CrowS-Pairs, the whole held-out StereoSet
+half, 16 WikiText-2 windows, and the mechanism ‖QD‖/‖WD‖ on held-out pairs. Each variant is an independent job
+(sanity-check/study_jobs.py) whose small result files are committed as they finish; a rerun skips finished jobs.
+
+    python sanity-check/reproduce.py --out results/smollm2/study                # every job, then the report
+    python sanity-check/reproduce.py --out results/smollm2/study --list-jobs    # one command per job
+    python sanity-check/reproduce.py --out results/smollm2/study --only gptq    # one job (e.g. a Slurm array task)
+    python sanity-check/reproduce.py --out results/smollm2/study --report       # collect what is finished
+
+The earlier suites (`paper`, `controls`, `all`: 32 pairs, 500 items, alpha 0.1 controls) remain for comparison.
 Variants (all share bits, group size, pair count and seeds; only what the name says differs):
   fp                         the full-precision model
   gptq                       plain GPTQ (alpha=0) through the same pipeline
@@ -29,8 +43,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "sanity-check"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 SWEEP = (0.01, 0.03, 0.1, 0.3, 1.0)
 QUICK_SWEEP = ()  # quick: gptq (alpha 0) and fair-all (alpha 0.1) are the two points of the sweep plot
@@ -214,7 +229,19 @@ def write_vs_gptq_report(out: Path, args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default="all", choices=["paper", "controls", "all"])
+    p.add_argument("--suite", default="study", choices=["study", "paper", "controls", "all"])
+    p.add_argument("--list-jobs", action="store_true", help="study: print one command per variant and stop")
+    p.add_argument("--only", default=None, metavar="NAME", help="study: run this variant's job only")
+    p.add_argument("--report", action="store_true", help="study: only collect the finished jobs into the report")
+    p.add_argument("--models-dir", default=None,
+                   help="study: where quantized models go (default outputs/study-models/<model>; never committed)")
+    p.add_argument("--alphas", default=None, help="study: comma-separated alpha grid (default 0.1,0.3,1,3; quick 1)")
+    p.add_argument("--modes", default=None,
+                   help="study: calibration modes (default stereo-anti,shuffled,unrelated,stereo-anti-eq)")
+    p.add_argument("--references", default=None,
+                   help="study: plain-GPTQ references (default gptq,gptq-3bit,gptq-g-1; '' = none)")
+    p.add_argument("--mechanism-pairs", type=int, default=0,
+                   help="study: held-out pairs for the mechanism measurement (0 = every eval-half pair)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true",
@@ -239,8 +266,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def study_main(args, argv: list[str]) -> int:
+    """The controlled study: list, run one or all jobs, and write the report from whatever is finished."""
+    import study_jobs
+    from evaluation.study_report import write_study_report
+
+    if args.quick:
+        args.pairs, args.max_items = args.pairs or 16, args.max_items or 100
+        args.max_windows, args.seqlen = args.max_windows or 4, args.seqlen or 512
+    args.pairs = args.pairs or 256
+    args.max_items = args.max_items or None  # the study's default: every item
+    args.max_windows = args.max_windows or 16
+    def listed(text):
+        return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+    try:
+        variants = study_jobs.study_variants(args.quick, alphas=[float(a) for a in listed(args.alphas) or []],
+                                             modes=listed(args.modes), references=listed(args.references))
+    except ValueError as exc:
+        print(f"reproduce.py: error: {exc}", file=sys.stderr)
+        return 2
+    names = [v.name for v in variants]
+    if args.only and args.only not in names:
+        print(f"reproduce.py: error: --only {args.only!r} is not a study variant ({', '.join(names)})", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.list_jobs:
+        passthrough = [a for a in argv if a != "--list-jobs"]
+        for variant in variants:
+            print(study_jobs.job_command(variant, passthrough))
+        return 0
+    models_dir = Path(args.models_dir or ROOT / "outputs" / "study-models" / Path(args.model).name)
+    if not args.report:
+        for variant in variants:
+            if args.only in (None, variant.name):
+                study_jobs.run_job(variant, args, out, models_dir)
+    header = [f"# Fair-GPTQ controlled study: {args.model}", "",
+              f"Command: `python sanity-check/reproduce.py {' '.join(argv)}`  ",
+              f"Report written: {time.strftime('%Y-%m-%d')}; per-variant dates and versions are in "
+              f"`runs/<variant>/job.json` and the per-task files.  ",
+              f"Calibration: {args.pairs} pairs per mode from the `calib` half of StereoSet dev (batch size 2, "
+              f"strategy all, sum_hessians=1, the family's default modules); evaluation: "
+              f"{'every' if not args.max_items else args.max_items} CrowS-Pairs pair(s) and held-out StereoSet item(s), "
+              f"{args.max_windows} WikiText-2 window(s) of {args.seqlen or 2048} tokens."]
+    summary = write_study_report(out, variants, header, n_boot=args.bootstrap, seed=args.seed)
+    print(f"study report: {out / 'summary.md'} ({len(summary['variants'])} of {len(variants)} variants finished)",
+          flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.suite == "study":
+        return study_main(args, argv)
+    if args.list_jobs or args.only or args.report:
+        print("reproduce.py: error: --list-jobs, --only and --report belong to --suite study", file=sys.stderr)
+        return 2
     if args.quick:
         args.pairs = args.pairs or 16
         args.max_items = args.max_items or 100

@@ -1,6 +1,7 @@
 """The experiment driver's --quick path on the tiny OPT: every variant quantized, evaluated, summarised."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,59 @@ def test_quick_run_on_tiny_opt_writes_every_report(tiny_opt_dir, stereoset_dev_p
     assert reproduce.main(argv) == 0  # a rerun reuses every model and evaluation
     rerun = capsys.readouterr().out
     assert rerun.count("reusing") == 4 and "stored result reused" in rerun
+
+
+def test_study_variant_table():
+    import study_jobs
+
+    names = [v.name for v in study_jobs.study_variants()]
+    assert names[:4] == ["fp", "gptq", "gptq-3bit", "gptq-g-1"] and len(names) == 20  # 19 quantizations + FP
+    curves = [v for v in study_jobs.study_variants() if v.kind == "curve"]
+    assert {(v.mode, v.alpha) for v in curves} == {(m, a) for m in study_jobs.STUDY_MODES for a in (0.1, 0.3, 1.0, 3.0)}
+    eq = next(v for v in curves if v.name == "stereo-anti-eq-a0.3")
+    assert eq.quantize_arguments()[eq.quantize_arguments().index("--pair-alignment") + 1] == "equal-length"
+    assert next(v for v in study_jobs.study_variants() if v.name == "gptq-3bit").bits == 3
+
+
+def test_study_flags_are_refused_outside_the_study(capsys):
+    assert reproduce.main(["--suite", "controls", "--out", "x", "--only", "gptq"]) == 2
+    assert reproduce.main(["--out", "x", "--only", "no-such-variant"]) == 2
+    assert "not a study variant" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_study_quick_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, capsys):
+    out, models = tmp_path / "study", tmp_path / "models"
+    argv = ["--quick", "--model", str(tiny_opt_dir), "--out", str(out), "--models-dir", str(models), "--pairs", "4",
+            "--max-items", "12", "--max-windows", "2", "--seqlen", "64", "--device", "cpu", "--bootstrap", "50",
+            "--mechanism-pairs", "6", "--stereoset", str(stereoset_dev_path),
+            # a reduced grid that still has every kind of comparison: a control, the alignment variant, a 2-point
+            # degradation curve
+            "--modes", "stereo-anti,shuffled,stereo-anti-eq", "--references", "gptq,gptq-3bit"]
+    assert reproduce.main(argv + ["--list-jobs"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 6 and all("--only" in c and "--list-jobs" not in c for c in commands)
+
+    assert reproduce.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["name"]: r for r in summary["variants"]}
+    assert set(rows) == {"fp", "gptq", "gptq-3bit", "stereo-anti-a1", "shuffled-a1", "stereo-anti-eq-a1"}
+    assert summary["missing"] == []
+    for name, row in rows.items():
+        per = json.loads((out / "runs" / name / "crows_pairs.json").read_text())["per_item"]
+        expected = 100 * sum(m > l for m, l in zip(per["ll_more"], per["ll_less"])) / len(per["ll_more"])
+        assert row["crows_pct_stereotype"] == pytest.approx(expected) and row["crows_n"] == 12
+        assert (row["mechanism_ratio"] is None) == (name == "fp")
+    assert rows["shuffled-a1"]["n_pairs"] == 4 and rows["stereo-anti-a1"]["split_version"] == 2 and rows["stereo-anti-eq-a1"]["pair_alignment"] == "equal-length"
+    assert {c["control"] for c in summary["comparisons"]} == {"shuffled-a1", "stereo-anti-eq-a1", "gptq"}
+    assert {m["curve"] for m in summary["matched"]} == {"shuffled", "stereo-anti-eq", "degradation"}
+    assert rows["gptq-3bit"]["bits"] == 3 and rows["gptq-3bit"]["ppl"] != rows["gptq"]["ppl"]
+    for name in ("summary.md", "summary.csv", "mechanism_per_module.csv", "bias_vs_ppl_crows.png"):
+        assert (out / name).is_file()
+
+    # a fresh machine: the model folders are gone, the committed result files are there -> nothing is redone
+    shutil.rmtree(models)
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    rerun = capsys.readouterr().out
+    assert rerun.count("skipped") == 6 and "quantizing" not in rerun and not models.exists()

@@ -76,7 +76,8 @@ def test_matched_perplexity_difference_by_hand():
     assert d["curve_value"] == pytest.approx(45.0) and d["diff"] == pytest.approx(-15.0)
     assert d["ci"][0] <= -15.0 <= d["ci"][1]
     outside = study.matched_ppl_difference(method, 5000.0, curve, [10.0, 1000.0], "crows", 300, 0)
-    assert outside["diff"] is None and "outside" in outside["note"]
+    assert outside["diff"] is None and outside["side"] == "above"
+    assert study.matched_ppl_difference(method, 5.0, curve, [10.0, 1000.0], "crows", 300, 0)["side"] == "below"
 
 
 def test_squared_norm_and_ratio_by_hand():

@@ -1,0 +1,270 @@
+"""Collect the study's stored jobs into summary.json / summary.csv / summary.md and the plots.
+
+Reads `<out>/runs/<variant>/` (see sanity-check/study_jobs.py); computes nothing from models, so it runs on a
+fresh clone from the committed files alone. Variants whose job is not finished are listed as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from evaluation import mechanism, study
+from evaluation.store import load_runs, write_json_atomic
+
+METHOD = "stereo-anti"
+CONTROLS = ("shuffled", "unrelated", "stereo-anti-eq")
+DEGRADATION = ("gptq", "gptq-g-1", "gptq-3bit")  # references without any pair term
+CURVE_STYLE = {"stereo-anti": ("tab:red", "o", (6, 5)), "shuffled": ("tab:blue", "s", (6, -11)),
+               "unrelated": ("tab:green", "^", (-28, 5)), "stereo-anti-eq": ("tab:purple", "D", (-28, -11))}
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def load_study(out: Path, variants) -> dict:
+    """{"variants": [Variant...], "runs": {name: {task: run}}, "extra": {name: {job, mechanism, quantization}}}."""
+    loaded = load_runs(out)
+    done, missing, extra = [], [], {}
+    for variant in variants:
+        run_dir = out / "runs" / variant.name
+        job = _read(run_dir / "job.json")
+        if job is None:
+            missing.append(variant.name)
+            continue
+        done.append(variant)
+        extra[variant.name] = {"job": job, "mechanism": _read(run_dir / "mechanism.json"),
+                               "quantization": _read(run_dir / "quantization.json")}
+    return {"variants": done, "missing": missing, "runs": loaded["runs"], "extra": extra}
+
+
+def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dict:
+    crows, stereo, wiki = runs["crows_pairs"], runs["stereoset"], runs["wikitext2"]
+    calibration = (extra.get("quantization") or {}).get("calibration", {})
+    split = calibration.get("split") or stereo.get("data", {})
+    mech = extra.get("mechanism") or {}
+    row = {
+        "name": variant.name, "kind": variant.kind, "mode": variant.mode, "pair_alignment": variant.pair_alignment,
+        "alpha": variant.alpha, "bits": variant.bits, "group_size": variant.group_size,
+        "n_pairs": calibration.get("n_pairs"), "pairs_sha256": calibration.get("sha256"),
+        "split_version": split.get("split_version", 1),
+        "crows_n": len(study.item_keys(crows, "crows")),
+        "crows_data": crows.get("data", {}).get("version") or crows.get("data", {}).get("source"),
+        "crows_pct_stereotype": study.point_value(crows, "crows"),
+        "crows_ci": study.interval(crows, "crows", n_boot, seed),
+        "stereoset_n": len(study.item_keys(stereo, "ss")),
+        "stereoset_ss": study.point_value(stereo, "ss"), "stereoset_ss_ci": study.interval(stereo, "ss", n_boot, seed),
+        "stereoset_lms": study.point_value(stereo, "lms"),
+        "stereoset_lms_ci": study.interval(stereo, "lms", n_boot, seed),
+        "ppl": wiki["metrics"]["ppl"], "ppl_tokens": wiki["metrics"].get("n_tokens"),
+        "ppl_windows": wiki["metrics"].get("n_windows"),
+        "mechanism_ratio": mech.get("overall", {}).get("ratio_all"),
+        "mechanism_ratio_equal_length": mech.get("overall", {}).get("ratio_equal"),
+    }
+    return row
+
+
+def _by_name(state: dict) -> dict:
+    return {v.name: v for v in state["variants"]}
+
+
+def curve(state: dict, mode: str) -> list[str]:
+    """Plain GPTQ (alpha 0) followed by the mode's variants in increasing alpha."""
+    members = sorted((v for v in state["variants"] if v.mode == mode), key=lambda v: v.alpha)
+    names = [v.name for v in members]
+    return (["gptq"] + names) if "gptq" in _by_name(state) and names else names
+
+
+def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
+    """stereo-anti minus each control at the same alpha (and minus plain GPTQ), on the same items."""
+    by_name, out = _by_name(state), []
+    for method in (v for v in state["variants"] if v.mode == METHOD):
+        partners = [c for c in state["variants"] if c.mode in CONTROLS and c.alpha == method.alpha]
+        partners += [by_name["gptq"]] if "gptq" in by_name else []
+        for control in partners:
+            entry = {"alpha": method.alpha, "method": method.name, "control": control.name,
+                     "ppl_ratio": rows[method.name]["ppl"] / rows[control.name]["ppl"]}
+            for metric in study.BIAS_METRICS:
+                task = study.METRIC_TASK[metric]
+                entry[metric] = study.paired_difference(state["runs"][control.name][task],
+                                                        state["runs"][method.name][task], metric, n_boot, seed)
+            mechs = [(state["extra"][n].get("mechanism") or {}).get("per_pair") for n in (control.name, method.name)]
+            if all(mechs):
+                entry["mechanism_ratio"] = mechanism.paired_ratio_difference(
+                    mechs[0]["w"], mechs[0]["q"], mechs[1]["q"], n_boot, seed)
+            out.append(entry)
+    return out
+
+
+def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
+    """The method's bias minus each curve's bias interpolated (log-perplexity) at the method's perplexity."""
+    by_name = _by_name(state)
+    curves = {mode: curve(state, mode) for mode in CONTROLS}
+    curves["degradation"] = [n for n in DEGRADATION if n in by_name]
+    out = []
+    for method in (v for v in state["variants"] if v.mode == METHOD):
+        for label, names in curves.items():
+            if len(names) < 2:
+                continue
+            entry = {"alpha": method.alpha, "method": method.name, "curve": label, "curve_variants": names,
+                     "method_ppl": rows[method.name]["ppl"]}
+            for metric in study.BIAS_METRICS:
+                task = study.METRIC_TASK[metric]
+                entry[metric] = study.matched_ppl_difference(
+                    state["runs"][method.name][task], rows[method.name]["ppl"],
+                    [state["runs"][n][task] for n in names], [rows[n]["ppl"] for n in names], metric, n_boot, seed)
+            out.append(entry)
+    return out
+
+
+def mechanism_modules(state: dict) -> dict:
+    """variant -> module -> ratio over all held-out pairs."""
+    return {name: {m: r["ratio_all"] for m, r in (extra.get("mechanism") or {}).get("modules", {}).items()}
+            for name, extra in state["extra"].items() if extra.get("mechanism")}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _f(value, digits=2):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(d: dict | None, digits=2, signed=True) -> str:
+    if not d or d.get("diff") is None:
+        return "n/a" if not d else f"PPL {d.get('side', 'outside')} range"
+    sign = "+" if signed else ""
+    return f"{d['diff']:{sign}.{digits}f} [{d['ci'][0]:.{digits}f}, {d['ci'][1]:.{digits}f}]"
+
+
+def _excludes_zero(d: dict | None) -> bool:
+    return bool(d and d.get("ci") and (d["ci"][0] > 0 or d["ci"][1] < 0))
+
+
+def render_markdown(summary: dict, header: list[str]) -> str:
+    lines = header + ["", "## Variants", "",
+                      "| variant | mode | alignment | α | bits | group | pairs | CrowS % stereo [95% CI] | "
+                      "SS [95% CI] | LMS [95% CI] | PPL | ‖QD‖/‖WD‖ |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["variants"]:
+        lines.append(
+            f"| {r['name']} | {r['mode'] or '–'} | {r['pair_alignment'] if r['kind'] == 'curve' else '–'} | "
+            f"{r['alpha']:g} | {r['bits'] if r['kind'] != 'fp' else '–'} | "
+            f"{r['group_size'] if r['kind'] != 'fp' else '–'} | {r['n_pairs'] or '–'} | "
+            f"{_f(r['crows_pct_stereotype'])} [{_f(r['crows_ci'][0])}, {_f(r['crows_ci'][1])}] | "
+            f"{_f(r['stereoset_ss'])} [{_f(r['stereoset_ss_ci'][0])}, {_f(r['stereoset_ss_ci'][1])}] | "
+            f"{_f(r['stereoset_lms'])} [{_f(r['stereoset_lms_ci'][0])}, {_f(r['stereoset_lms_ci'][1])}] | "
+            f"{_f(r['ppl'])} | {_f(r['mechanism_ratio'], 4)} |")
+    if summary["missing"]:
+        lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
+    lines += ["", "## Same alpha: stereo-anti minus each control (paired bootstrap, same items)", "",
+              "Negative CrowS / SS differences mean the method leaves *less* stereotype preference than the control; "
+              "`*` marks a 95 % interval that excludes 0. PPL ratio = method / control.", "",
+              "| α | control | Δ CrowS | Δ SS | Δ LMS | PPL ratio | Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        cells = [_ci(c[m]) + (" *" if _excludes_zero(c[m]) else "") for m in study.BIAS_METRICS]
+        mech = c.get("mechanism_ratio")
+        lines.append(f"| {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
+                     f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
+    lines += ["", "## Matched perplexity: stereo-anti minus each curve at the method's perplexity", "",
+              "Each curve is interpolated linearly in log-perplexity between its points (plain GPTQ at α = 0 and the "
+              "mode's α values; the degradation curve: plain GPTQ 4-bit g128, 4-bit without groups, 3-bit g128). "
+              "Intervals resample items; perplexity is held fixed. 'PPL below range': the method's perplexity is "
+              "lower than every point of the curve (it degrades the model less than any of them); 'above': higher; "
+              "no extrapolation.", "",
+              "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS |", "|---|---|---|---|---|---|"]
+    for m in summary["matched"]:
+        cells = [_ci(m[k]) + (" *" if _excludes_zero(m[k]) else "") for k in study.BIAS_METRICS]
+        lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']} | {' | '.join(cells)} |")
+    lines += ["", "## Mechanism: ‖Q D‖ / ‖W D‖ on held-out pairs", "",
+              "D = X_s − X_a: full-precision module inputs on stereotype/anti-stereotype pairs of the `eval` half "
+              "(never calibrated on); W: full-precision weights; Q: the variant's dequantized weights; over the modules "
+              "that get the term. Per module: `mechanism_per_module.csv`.", "",
+              "| variant | all pairs | equal-length pairs |", "|---|---|---|"]
+    for r in summary["variants"]:
+        if r["mechanism_ratio"] is not None:
+            lines.append(f"| {r['name']} | {r['mechanism_ratio']:.4f} | {_f(r['mechanism_ratio_equal_length'], 4)} |")
+    for plot in summary["plots"]:
+        lines += ["", f"![{plot}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(summary: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r["name"]: r for r in summary["variants"]}
+    names = []
+    for metric, key, ci_key in (("crows", "crows_pct_stereotype", "crows_ci"), ("ss", "stereoset_ss", "stereoset_ss_ci"),
+                                ("lms", "stereoset_lms", "stereoset_lms_ci")):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for mode, (color, marker, offset) in CURVE_STYLE.items():
+            members = [n for n in summary["curves"].get(mode, []) if n in rows]
+            if not members:
+                continue
+            xs = [rows[n]["ppl"] for n in members]
+            ys = [rows[n][key] for n in members]
+            err = np.array([[y - rows[n][ci_key][0], rows[n][ci_key][1] - y] for n, y in zip(members, ys)]).T
+            ax.errorbar(xs, ys, yerr=err, color=color, marker=marker, capsize=3, lw=1.2, label=mode)
+            for n, x, y in zip(members, xs, ys):
+                if rows[n]["kind"] == "curve":
+                    ax.annotate(f"α={rows[n]['alpha']:g}", (x, y), textcoords="offset points", xytext=offset,
+                                fontsize=8, color=color)
+        for name, marker in (("fp", "*"), ("gptq-g-1", "P"), ("gptq-3bit", "X")):
+            if name in rows:
+                r = rows[name]
+                ax.errorbar([r["ppl"]], [r[key]], yerr=[[r[key] - r[ci_key][0]], [r[ci_key][1] - r[key]]],
+                            color="black", marker=marker, markersize=10, capsize=3, ls="none", label=name)
+        if metric != "lms":
+            ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("WikiText-2 perplexity (log scale)")
+        ax.set_ylabel(study.METRIC_LABEL[metric] + " (95 % CI)")
+        ax.set_title(f"{study.METRIC_LABEL[metric]} against perplexity; curves start at plain GPTQ (α=0)")
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        name = f"bias_vs_ppl_{metric}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_study_report(out: Path, variants, header: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    state = load_study(out, variants)
+    rows = {v.name: variant_row(v, state["runs"][v.name], state["extra"][v.name], n_boot, seed)
+            for v in state["variants"]}
+    summary = {"variants": list(rows.values()), "missing": state["missing"],
+               "curves": {mode: curve(state, mode) for mode in CURVE_STYLE},
+               "comparisons": comparisons(state, rows, n_boot, seed), "matched": matched(state, rows, n_boot, seed),
+               "mechanism_per_module": mechanism_modules(state), "bootstrap": {"resamples": n_boot, "seed": seed},
+               "header": header}
+    summary["plots"] = write_plots(summary, out) if rows else []
+    write_json_atomic(out / "summary.json", summary)
+    flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in summary["variants"]]
+    (out / "summary.csv").write_text(_csv_text(flat), encoding="utf-8")
+    per_module = summary["mechanism_per_module"]
+    modules = sorted({m for ratios in per_module.values() for m in ratios})
+    (out / "mechanism_per_module.csv").write_text(
+        _csv_text([{"module": m, **{n: per_module[n].get(m) for n in per_module}} for m in modules]), encoding="utf-8")
+    (out / "summary.md").write_text(render_markdown(summary, header), encoding="utf-8")
+    return summary

@@ -1,0 +1,222 @@
+"""The controlled study: its variants, one job per variant, and resuming from committed results.
+
+A job quantizes one variant with the main job (a subprocess: fresh memory), evaluates it on every task, measures
+the mechanism (evaluation.mechanism) and writes, under `<out>/runs/<variant>/`:
+    crows_pairs.json  stereoset.json  wikitext2.json   per-task results with per-item scores (evaluation.store)
+    mechanism.json                                       ‖QD‖/‖WD‖ on held-out pairs (not for fp)
+    quantization.json                                    the main job's fair_gptq_run.json (not for fp)
+    job.json                                             written last: the job's settings key; "done" marker
+A variant whose job.json matches the current settings is skipped entirely: neither quantized nor evaluated,
+so a fresh clone resumes from the committed files without any model folder. Models go to `--models-dir`
+(never committed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY_ALPHAS = (0.1, 0.3, 1.0, 3.0)
+QUICK_ALPHAS = (1.0,)
+# mode name -> (main-job --pairs, --pair-alignment)
+STUDY_MODES = {
+    "stereo-anti": ("stereo-anti", "position"),
+    "shuffled": ("shuffled", "position"),
+    "unrelated": ("unrelated", "position"),
+    "stereo-anti-eq": ("stereo-anti", "equal-length"),
+}
+JOB_FORMAT = "fair_gptq.study.job/1"
+TASKS = ("crows_pairs", "stereoset", "wikitext2")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kind: str  # "fp", "reference" (no pair term) or "curve" (a calibration mode at some alpha)
+    mode: str | None = None
+    pairs: str = "stereo-anti"
+    pair_alignment: str = "position"
+    alpha: float = 0.0
+    bits: int = 4
+    group_size: int = 128
+    extra: tuple[str, ...] = field(default=())
+
+    def quantize_arguments(self) -> list[str]:
+        return ["--alpha", f"{self.alpha:g}", "--bits", str(self.bits), "--group-size", str(self.group_size),
+                "--pairs", self.pairs, "--pair-alignment", self.pair_alignment, "--strategy", "all",
+                "--sum-hessians", "1"]
+
+
+REFERENCES = {"gptq": {}, "gptq-3bit": {"bits": 3}, "gptq-g-1": {"group_size": -1}}
+
+
+def study_variants(quick: bool = False, alphas=None, modes=None, references=None) -> list[Variant]:
+    """In the order the jobs run: references first, then the curves interleaved by alpha (alpha 1 first, then
+    from the largest down), so that a partial run already answers the question at the alphas it reached.
+
+    `alphas`, `modes` and `references` select a reduced grid (e.g. a replication on another model)."""
+    alphas = tuple(alphas) if alphas else (QUICK_ALPHAS if quick else STUDY_ALPHAS)
+    modes = tuple(modes) if modes else tuple(STUDY_MODES)
+    references = tuple(references) if references is not None else tuple(REFERENCES)
+    unknown = [m for m in modes if m not in STUDY_MODES] + [r for r in references if r not in REFERENCES]
+    if unknown:
+        raise ValueError(f"unknown study mode/reference {', '.join(unknown)} (modes: {', '.join(STUDY_MODES)}; "
+                         f"references: {', '.join(REFERENCES)})")
+    variants = [Variant("fp", "fp")] + [Variant(name, "reference", **REFERENCES[name]) for name in references]
+    for alpha in sorted(alphas, key=lambda a: (a != 1.0, -a)):
+        for mode in modes:
+            pairs, alignment = STUDY_MODES[mode]
+            variants.append(Variant(f"{mode}-a{alpha:g}", "curve", mode=mode, pairs=pairs, pair_alignment=alignment,
+                                    alpha=alpha))
+    return variants
+
+
+def job_key(variant: Variant, settings: dict) -> str:
+    """Everything that changes a variant's results; a stored job is reused only when its key is the same."""
+    payload = json.dumps({"variant": asdict(variant), "settings": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def study_settings(args) -> dict:
+    return {"model": args.model, "pairs": args.pairs, "seed": args.seed, "batch_size": 2,
+            "max_windows": args.max_windows, "seqlen": args.seqlen, "max_items": args.max_items,
+            "mechanism_pairs": args.mechanism_pairs, "stereoset": args.stereoset, "tasks": list(TASKS)}
+
+
+def expected_files(variant: Variant) -> list[str]:
+    files = [f"{task}.json" for task in TASKS]
+    return files if variant.kind == "fp" else files + ["mechanism.json", "quantization.json"]
+
+
+def job_done(run_dir: Path, variant: Variant, key: str) -> bool:
+    marker = run_dir / "job.json"
+    try:
+        job = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return job.get("key") == key and all((run_dir / f).is_file() for f in expected_files(variant))
+
+
+def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
+    """A shell command for one job, runnable from the repository root by the same interpreter."""
+    words = [sys.executable, "sanity-check/reproduce.py", *argv_passthrough, "--only", variant.name]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# ----------------------------------------------------------------------------- one job
+
+
+def quantize(variant: Variant, args, models_dir: Path, log_dir: Path) -> Path:
+    """The main job in a subprocess; a finished model folder (fair_gptq_run.json present) is reused."""
+    out = models_dir / variant.name
+    if (out / "fair_gptq_run.json").is_file():
+        print(f"[{variant.name}] reusing {out}", flush=True)
+        return out
+    command = [sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--out", str(out),
+               "--overwrite", "--no-generate", "--max-pairs", str(args.pairs), "--batch-size", "2",
+               "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *variant.quantize_arguments()]
+    if args.stereoset:
+        command += ["--stereoset", args.stereoset]
+    print(f"[{variant.name}] quantizing: {' '.join(variant.quantize_arguments())}", flush=True)
+    started = time.time()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # GPTQModel writes gptq_log_*.log into the working directory: run it in the variant's log folder
+    done = subprocess.run(command, cwd=log_dir, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"[{variant.name}] quantization failed (exit {done.returncode})")
+    print(f"[{variant.name}] quantized in {time.time() - started:.0f} s", flush=True)
+    return out
+
+
+def evaluate(variant: Variant, model_path: str, args, out: Path) -> None:
+    """Every task of one model through evaluation.run_eval (stored per task, reused when settings match)."""
+    from evaluation import run_eval
+
+    argv = ["--out", str(out), "--model", f"{variant.name}={model_path}", "--tasks", ",".join(TASKS),
+            "--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    for flag, value in (("--max-items", args.max_items), ("--max-windows", args.max_windows),
+                        ("--seqlen", args.seqlen), ("--stereoset", args.stereoset)):
+        if value is not None:
+            argv += [flag, str(value)]
+    eval_args = run_eval.build_parser().parse_args(argv)
+    plan = run_eval.make_plan(eval_args)
+    name, path = plan.models[0]
+    run_eval.evaluate_model(name, path, plan, eval_args, out)
+
+
+def heldout_pairs(args) -> list[tuple[str, str]]:
+    """Stereotype/anti-stereotype pairs of the `eval` half: never calibrated on by any variant."""
+    from fair_gptq.pairs import calibration_pairs
+
+    pairs = calibration_pairs(args.stereoset, "stereo-anti", part="eval", max_pairs=args.mechanism_pairs or None,
+                              seed=args.seed)
+    return pairs.pairs
+
+
+def measure_mechanism(variant: Variant, model_path: Path, fp_path: str, modules: list[str], args) -> dict:
+    from evaluation import mechanism
+    from evaluation.models import load_model
+
+    fp = load_model(fp_path, name="fp", device=args.device)
+    quantized = load_model(str(model_path), name=variant.name, device=args.device)
+    pairs = heldout_pairs(args)
+    started = time.time()
+    result = mechanism.measure(fp.model, fp.tokenizer, quantized.model, modules, pairs, progress=False)
+    from fair_gptq.pairs import sentences_sha256
+
+    result["pairs_sha256"] = sentences_sha256([s for pair in pairs for s in pair])
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def planned_term_modules(args) -> list[str]:
+    """The module list of a fair run with the study's settings, from the main job's --dry-run plan logic."""
+    sys.path.insert(0, str(ROOT))
+    import example_fair_gptq
+
+    parser = example_fair_gptq.build_parser()
+    argv = ["--model", args.model, "--dry-run", "--alpha", "1", "--max-pairs", "2"]
+    if args.stereoset:
+        argv += ["--stereoset", args.stereoset]
+    plan = example_fair_gptq.plan_run(parser.parse_args(argv))
+    return [m["module"] for m in plan.modules if m["fair_term"]]
+
+
+def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
+    """Run one variant's job unless its committed results are complete; True when it ran."""
+    from evaluation.store import write_json_atomic
+    from fair_gptq.models import resolve_model
+
+    run_dir = out / "runs" / variant.name
+    key = job_key(variant, study_settings(args))
+    if job_done(run_dir, variant, key):
+        print(f"[{variant.name}] complete ({run_dir}); skipped", flush=True)
+        return False
+    started = time.time()
+    fp_path = resolve_model(args.model)
+    if variant.kind == "fp":
+        evaluate(variant, fp_path, args, out)
+    else:
+        model_path = quantize(variant, args, models_dir, models_dir / f"{variant.name}.logs")
+        evaluate(variant, str(model_path), args, out)
+        if not (run_dir / "mechanism.json").is_file() or args.force:
+            result = measure_mechanism(variant, model_path, fp_path, planned_term_modules(args), args)
+            write_json_atomic(run_dir / "mechanism.json", result)
+            print(f"[{variant.name}] mechanism: ‖QD‖/‖WD‖ = {result['overall']['ratio_all']:.4f} "
+                  f"(equal-length pairs {result['overall']['ratio_equal']:.4f})", flush=True)
+        record = json.loads((model_path / "fair_gptq_run.json").read_text())
+        write_json_atomic(run_dir / "quantization.json", record)
+    write_json_atomic(run_dir / "job.json", {"format": JOB_FORMAT, "key": key, "variant": asdict(variant),
+                                             "settings": study_settings(args), "seconds": round(time.time() - started),
+                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(f"[{variant.name}] job done in {time.time() - started:.0f} s", flush=True)
+    return True
