@@ -191,6 +191,12 @@ def planned_term_modules(args) -> list[str]:
     return [m["module"] for m in plan.modules if m["fair_term"]]
 
 
+def code_revision() -> str | None:
+    """The git commit the job ran from (provenance of committed results), if this is a git checkout."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     """Run one variant's job unless its committed results are complete; True when it ran."""
     from evaluation.store import write_json_atomic
@@ -216,7 +222,8 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         record = json.loads((model_path / "fair_gptq_run.json").read_text())
         write_json_atomic(run_dir / "quantization.json", record)
     write_json_atomic(run_dir / "job.json", {"format": JOB_FORMAT, "key": key, "variant": asdict(variant),
-                                             "settings": study_settings(args), "seconds": round(time.time() - started),
+                                             "settings": study_settings(args), "code_revision": code_revision(),
+                                             "seconds": round(time.time() - started),
                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(f"[{variant.name}] job done in {time.time() - started:.0f} s", flush=True)
     return True
