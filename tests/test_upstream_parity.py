@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-from gptqmodel.looper.named_module import NamedModule
 from gptqmodel.quantization import GPTQ, QuantizeConfig
 
 from quant_helpers import load_upstream_module, quantize_and_load_tensors
@@ -39,55 +38,27 @@ def test_tiny_opt_alpha0_matches_upstream(tiny_opt_dir, tmp_path, monkeypatch, u
     assert_bit_identical(ours, theirs)
 
 
-def stories_modules(model_dir):
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    return [(f"model.layers.{i}.{name}", i, m) for i, layer in enumerate(model.model.layers)
-            for name, m in layer.named_modules() if isinstance(m, nn.Linear)]
+# stories260K is a Llama (hidden 64, MLP 172): the same features, with its module names in the `dynamic` rules
+STORIES_SETTINGS = [
+    dict(desc_act=False, group_size=-1),
+    dict(desc_act=True, group_size=32),
+    dict(desc_act=True, group_size=32, static_groups=True),
+    dict(desc_act=False, group_size=32,
+         dynamic={r".*\.mlp\.up_proj": {"group_size": 64}, r"-:.*\.3\.mlp\.down_proj": {}}),
+]
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
-def test_stories260k_gptq_task_matches_upstream(stories260k_dir, upstream_gptq, settings):
-    """stories260K's MLP width (172) fits no group size, so compare the GPTQ tasks module by module on its
-    real weights and real activations instead of through packing. group_size=32 applies where it divides."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(stories260k_dir)
-    model = AutoModelForCausalLM.from_pretrained(stories260k_dir, torch_dtype=torch.float32)
-    batch = tokenizer(["Once upon a time there was a cat.", "Once upon a time there was a dog."],
-                      return_tensors="pt", padding=False)
-    captured = {}
-
-    def capture(key):
-        def hook(module, inp, out):
-            captured[key] = inp[0].detach()  # returns None: the module's output stays untouched
-        return hook
-
-    hooks = [m.register_forward_hook(capture(name))
-             for name, m in model.model.named_modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        model(**batch)
-    for h in hooks:
-        h.remove()
-    compared = 0
-    for name, module in model.model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        cfg = dict(settings)
-        if module.in_features % 32 != 0 and cfg["group_size"] == 32:
-            cfg["group_size"] = -1
-            cfg.pop("static_groups", None)
-        layer_index = int(name.split(".")[1])
-        results = []
-        for cls in (GPTQ, upstream_gptq):
-            task = cls(NamedModule(module, name=name, full_name=f"model.{name}", layer_index=layer_index),
-                       QuantizeConfig(alpha=0.0, **cfg))
-            task.quantizer.configure(perchannel=True)
-            task.add_batch(captured[name], None)
-            results.append(task.quantize())
-        for ours, theirs in zip(results[0][:4], results[1][:4]):  # Q, scale, zero, g_idx
-            assert torch.equal(ours, theirs), f"{name} differs from upstream with {cfg}"
-        compared += 1
-    assert compared == 5 * 7
+@pytest.mark.parametrize("settings", STORIES_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_stories260k_alpha0_matches_upstream(stories260k_dir, tmp_path, monkeypatch, upstream_gptq, settings):
+    """A real (trained) model through GPTQModel.quantize, so `dynamic` applies as in a user's run."""
+    ours = quantize_and_load_tensors(stories260k_dir, tmp_path / "ours", **settings)
+    theirs = quantize_and_load_tensors(stories260k_dir, tmp_path / "up", monkeypatch, upstream_gptq, **settings)
+    assert_bit_identical(ours, theirs)
+    if "dynamic" in settings:  # the rules took effect: the comparison covered what it claims
+        assert "model.layers.3.mlp.down_proj.qweight" not in ours and "model.layers.3.mlp.down_proj.weight" in ours
+        assert "model.layers.2.mlp.down_proj.qweight" in ours
+        assert ours["model.layers.0.mlp.up_proj.g_idx"].max() == 0  # 64 inputs, group size 64: one group
+        assert ours["model.layers.0.mlp.gate_proj.g_idx"].max() == 1  # group size 32: two groups
 
 
 def test_inactive_layers_match_upstream_when_alpha_is_positive(tiny_opt_dir, tmp_path, monkeypatch, upstream_gptq):
@@ -101,19 +72,34 @@ def test_inactive_layers_match_upstream_when_alpha_is_positive(tiny_opt_dir, tmp
 
 
 @pytest.mark.parametrize("actorder", [False, True])
-def test_hf_optimum_fasterquant_matches_upstream(upstream_gptq, actorder):
-    """The HF-optimum path passes a plain module and no config: same outputs and same weights as upstream."""
+def test_hf_optimum_fasterquant_matches_upstream(upstream_gptq, actorder, monkeypatch, tmp_path):
+    """The HF-optimum path passes a plain module (no name): even with a Fair-GPTQ config of alpha > 0 and logs
+    on, the gating keeps the term off, and outputs and weights are upstream's."""
+    gating = []
+    real_gating = QuantizeConfig.fair_term_active
+
+    def spy(self, module_name, layer_index):
+        gating.append((module_name, layer_index, real_gating(self, module_name, layer_index)))
+        return gating[-1][2]
+
+    monkeypatch.setattr(QuantizeConfig, "fair_term_active", spy)
     torch.manual_seed(0)
-    inputs = [torch.randn(3, 10, 64) for _ in range(2)]
+    inputs = [torch.randn(3, 10, 64) for _ in range(2)]  # odd: an active module would refuse it
     results = []
     for cls in (GPTQ, upstream_gptq):
         torch.manual_seed(1)
         layer = nn.Linear(64, 48)
-        task = cls(layer)
+        if cls is GPTQ:
+            task = cls(layer, QuantizeConfig(alpha=0.5, log_delta_w=1, log_dir=str(tmp_path / "logs")))
+            assert not task.fair_active
+        else:
+            task = cls(layer)
         task.quantizer.configure(bits=4, perchannel=True, sym=True)
         for x in inputs:
             task.add_batch(x, None)
         scale, zero, g_idx, *_ = task.fasterquant(group_size=16, actorder=actorder)
         results.append((layer.weight.data.clone(), scale, zero, g_idx))
+    assert gating[0] == (None, None, False)  # our task reached the gating, which refused the unnamed module
+    assert not (tmp_path / "logs").exists()
     for ours, theirs in zip(*results):
         assert torch.equal(ours, theirs)
