@@ -16,7 +16,9 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from fair_gptq.pairs import PAIR_MODES, calibration_pairs  # noqa: E402
 from fair_gptq.stereoset import StereoSetError  # noqa: E402
 
 RUN_FILE = "fair_gptq_run.json"
-LOG_FOLDER = "fair_gptq_logs"
+LOG_FOLDER_SUFFIX = ".logs"  # <out>.logs/<run id>/ beside --out: survives a failed run and --overwrite
 
 
 class UsageError(ValueError):
@@ -99,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--no-generate", action="store_true", help="skip reload and generation")
     gen.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the saved model to this hub repo")
+    gen.add_argument("--verbose", action="store_true",
+                     help="list every module that gets the term (fair_gptq_run.json always does)")
     gen.add_argument("--dry-run", action="store_true",
                      help="print which layers and modules get the term and how many pairs, then stop "
-                          "(reads the model config only)")
+                          "(reads the model config only, and the tokenizer with --pair-alignment equal-length)")
     return p
 
 
@@ -113,7 +117,8 @@ class RunPlan:
     num_layers: int
     fair_layer_indices: list[int]
     ignore_bias: str
-    pairs: object  # fair_gptq.stereoset.PairSet
+    pairs: object  # fair_gptq.pairs.PairSet
+    run_id: str  # in every ΔW log record, and names the run's log folder
     modules: list[dict] = field(default_factory=list)
 
     @property
@@ -184,16 +189,19 @@ def module_plan(qcfg, model_type: str, num_layers: int) -> list[dict]:
     for index in range(num_layers):
         for name in names:
             full_name = f"{definition.layers_node}.{index}.{name}"
-            plan.append({"module": full_name, "layer": index, "fair_term": qcfg.fair_term_active(full_name, index)})
+            plan.append({"module": full_name, "name": name, "layer": index,
+                         "fair_term": qcfg.fair_term_active(full_name, index)})
     return plan
 
 
-def make_quantize_config(args, plan: RunPlan, log_dir: str, device: str):
+def make_quantize_config(args, plan: RunPlan, device: str, log_dir: Path | None = None):
+    """The run's QuantizeConfig; without `log_dir` it serves the plan's gating only (nothing is quantized)."""
     from gptqmodel import QuantizeConfig
+    logs = {"log_dir": str(log_dir)} if log_dir is not None else {}
     return QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, device=device,
                           alpha=args.alpha, ignore_bias=plan.ignore_bias, select_layer=plan.select_layer,
                           sum_hessians=args.sum_hessians, log_delta_w=int(args.log_delta_w),
-                          log_hessian_sensitivity=int(args.log_hessian_sensitivity), log_dir=log_dir)
+                          log_hessian_sensitivity=int(args.log_hessian_sensitivity), log_run_id=plan.run_id, **logs)
 
 
 def load_pairs(args, pair_filter=None):
@@ -235,13 +243,39 @@ def plan_run(args) -> RunPlan:
     except ValueError as e:
         raise UsageError(str(e)) from None
 
+    from gptqmodel.quantization.config import new_run_id
     plan = RunPlan(args=args, model_path=model_path, model_type=config.model_type, num_layers=num_layers,
-                   fair_layer_indices=layer_indices, ignore_bias=ignore, pairs=pairs)
-    plan.modules = module_plan(make_quantize_config(args, plan, LOG_FOLDER, "cpu"), config.model_type, num_layers)
+                   fair_layer_indices=layer_indices, ignore_bias=ignore, pairs=pairs, run_id=new_run_id())
+    plan.modules = module_plan(make_quantize_config(args, plan, "cpu"), config.model_type, num_layers)
     return plan
 
 
-def describe(plan: RunPlan) -> str:
+def log_folder(out: Path, run_id: str) -> Path:
+    return out.with_name(out.name + LOG_FOLDER_SUFFIX) / run_id
+
+
+def layer_ranges(indices) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the --select-layer syntax)."""
+    ranges: list[list[int]] = []
+    for index in sorted(indices):
+        if ranges and index == ranges[-1][1] + 1:
+            ranges[-1][1] = index
+        else:
+            ranges.append([index, index])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def compact_term_plan(modules: list[dict]) -> list[str]:
+    """One line per module name that gets the term, with its layers, in the model's module order."""
+    layers: dict[str, list[int]] = {}
+    for m in modules:
+        if m["fair_term"]:
+            layers.setdefault(m["name"], []).append(m["layer"])
+    width = max((len(name) for name in layers), default=0)
+    return [f"  {name:<{width}}  layers {layer_ranges(indices)} ({len(indices)})" for name, indices in layers.items()]
+
+
+def describe(plan: RunPlan, verbose: bool = False) -> str:
     args = plan.args
     active = [m["module"] for m in plan.modules if m["fair_term"]]
     lines = [
@@ -252,12 +286,15 @@ def describe(plan: RunPlan) -> str:
             f" (kept {plan.pairs.n_candidates - plan.pairs.n_filtered_out} of {plan.pairs.n_candidates} pairs, "
             f"dropped {plan.pairs.n_filtered_out} of unequal token counts; --max-pairs samples from the kept)"
             if plan.pairs.pair_filter else ""),
-        f"alpha={args.alpha} strategy={args.strategy} layers={plan.fair_layer_indices} "
+        f"alpha={args.alpha} strategy={args.strategy} layers={layer_ranges(plan.fair_layer_indices) or 'none'} "
         f"ignore_bias='{plan.ignore_bias}' sum_hessians={args.sum_hessians}",
         f"fair term on {len(active)} of {len(plan.modules)} quantized modules"
         + (" (alpha=0: plain GPTQ)" if args.alpha == 0 else ""),
     ]
-    lines += [f"  + {name}" for name in active]
+    if verbose:
+        lines += [f"  + {name}" for name in active]
+    elif active:
+        lines += compact_term_plan(plan.modules) + ["  (--verbose lists every module; fair_gptq_run.json always does)"]
     return "\n".join(lines)
 
 
@@ -294,12 +331,30 @@ def write_json(path: Path, payload: dict) -> None:
     write_bytes_atomically(path, (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8"))
 
 
-def read_delta_w_log(log_dir: Path) -> dict:
+def read_delta_w_log(log_dir: Path, run_id: str) -> dict:
+    """module -> this run's ΔW record (records of other runs in the same file are left out)."""
     path = log_dir / "delta_w.jsonl"
     if not path.is_file():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["module"]: r for r in records}
+    return {r["module"]: r for r in records if r.get("run_id") == run_id}
+
+
+@contextmanager
+def gptqmodel_logs_into(folder: Path):
+    """Run the block with `folder` as the working directory: GPTQModel 2.2.0 writes its progress logs
+    (`gptq_log_<word>_time_<date>.log`) into the current directory, from a writer thread. Its new writers are
+    waited for (they stop once quantize() has finished) before the previous directory comes back."""
+    before = set(threading.enumerate())
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith("(_thread_log_worker)"):  # GPTQModel's LoopProcessor.log_save_async
+                thread.join(timeout=10)
+        os.chdir(previous)
 
 
 def quantize_and_save(plan: RunPlan, staging: Path, timings: dict) -> None:
@@ -307,8 +362,11 @@ def quantize_and_save(plan: RunPlan, staging: Path, timings: dict) -> None:
 
     args = plan.args
     device = resolve_device(args.device)
-    log_dir = staging / LOG_FOLDER
-    qcfg = make_quantize_config(args, plan, str(log_dir), device)
+    out = Path(args.out).absolute()
+    log_dir = log_folder(out, plan.run_id)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"logs: {log_dir} (run id {plan.run_id})")
+    qcfg = make_quantize_config(args, plan, device, log_dir)
 
     start = time.time()
     model = GPTQModel.load(plan.model_path, qcfg, torch_dtype=torch_dtype_for(device, args.dtype))
@@ -316,17 +374,19 @@ def quantize_and_save(plan: RunPlan, staging: Path, timings: dict) -> None:
 
     start = time.time()
     # auto_gc empties the accelerator cache after every module; on CPU it only costs time (~0.5 s a module)
-    model.quantize(plan.pairs.sentences, batch_size=args.batch_size, backend=backend_for(device),
-                   auto_gc=device != "cpu")
+    with gptqmodel_logs_into(log_dir):
+        model.quantize(plan.pairs.sentences, batch_size=args.batch_size, backend=backend_for(device),
+                       auto_gc=device != "cpu")
     timings["quantize_s"] = round(time.time() - start, 2)
 
-    # the checkpoint records where its logs are relative to itself, not the staging path
-    model.quantize_config.log_dir = LOG_FOLDER
+    # the checkpoint records where its logs are relative to itself
+    model.quantize_config.log_dir = os.path.relpath(log_dir, out)
     start = time.time()
     model.save(str(staging))
     timings["save_s"] = round(time.time() - start, 2)
 
-    write_json(staging / RUN_FILE, run_record(plan, device, read_delta_w_log(log_dir), timings))
+    record = run_record(plan, device, read_delta_w_log(log_dir, plan.run_id), timings)
+    write_json(staging / RUN_FILE, dict(record, log_dir=str(log_dir)))
 
 
 def run_record(plan: RunPlan, device: str, delta_w: dict, timings: dict) -> dict:
@@ -335,6 +395,7 @@ def run_record(plan: RunPlan, device: str, delta_w: dict, timings: dict) -> dict
     modules = [dict(m, **({"relative_delta_w": delta_w[m["module"]]["relative_delta_w"]}
                           if m["module"] in delta_w else {})) for m in plan.modules]
     return {
+        "run_id": plan.run_id,
         "arguments": vars(args),
         "model_path": plan.model_path,
         "model_type": plan.model_type,
@@ -414,7 +475,7 @@ def main(argv=None) -> int:
     except (UsageError, StereoSetError, PresetUnavailableError, FileNotFoundError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(describe(plan))
+    print(describe(plan, args.verbose))
     if args.dry_run:
         return 0
     return run(plan)

@@ -1,5 +1,6 @@
 """example_fair_gptq.py end to end on the tiny OPT, and every input error before any weight is loaded."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,11 @@ def base_args(tiny_opt_dir, stereoset_dev_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_tiny_opt(capsys, tmp_path, base_args):
+def test_end_to_end_tiny_opt(capsys, tmp_path, base_args, monkeypatch):
     out = tmp_path / "tiny-fair"
+    elsewhere = tmp_path / "user-stands-here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     code, stdout, _ = run_cli(capsys, *base_args, "--max-pairs", 6, "--batch-size", 4, "--select-layer", "1,2",
                               "--log-delta-w", "--max-new-tokens", 4, "--out", out)
     assert code == 0
@@ -33,19 +37,44 @@ def test_end_to_end_tiny_opt(capsys, tmp_path, base_args):
     active = {m["module"] for m in run["modules"] if m["fair_term"]}
     assert active == {f"model.decoder.layers.{i}.{n}" for i in (1, 2) for n in ("self_attn.out_proj", "fc2")}
     assert all("relative_delta_w" in m for m in run["modules"] if m["fair_term"])
+    assert len(run["modules"]) == 24  # 4 layers x 6 modules, listed in full whatever the printout
     assert run["versions"]["gptqmodel"] == "2.2.0" and run["timings"]["quantize_s"] > 0
     assert run["generation"]["text"].startswith(cli.build_parser().get_default("prompt")[:3])
     saved = json.loads((out / "quantize_config.json").read_text())
-    assert saved["alpha"] == 0.1 and saved["select_layer"] == "1,2" and saved["log_dir"] == cli.LOG_FOLDER
+    assert saved["alpha"] == 0.1 and saved["select_layer"] == "1,2"
+    # logs: beside --out in the run's own folder, none where the user stood, and the working directory restored
+    logs = tmp_path / "tiny-fair.logs" / run["run_id"]
+    assert run["log_dir"] == str(logs) and saved["log_dir"] == f"../tiny-fair.logs/{run['run_id']}"
+    assert saved["log_run_id"] == run["run_id"]
+    assert list(logs.glob("gptq_log_*.log")) and not list(elsewhere.iterdir()) and Path.cwd() == elsewhere
+    records = [json.loads(line) for line in (logs / "delta_w.jsonl").read_text().splitlines()]
+    assert {r["module"] for r in records} == active and {r["run_id"] for r in records} == {run["run_id"]}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 def test_dry_run_prints_the_plan_without_writing(capsys, tmp_path, base_args):
     code, stdout, _ = run_cli(capsys, *base_args, "--strategy", "upper", "--max-pairs", 10, "--dry-run")
     assert code == 0
-    assert "calibration: 10 pairs" in stdout and "layers=[2, 3]" in stdout  # L=4 -> k=2, the last two
+    assert "calibration: 10 pairs" in stdout and "layers=2-3" in stdout  # L=4 -> k=2, the last two
     assert "fair term on 4 of 24 quantized modules" in stdout
+    # compact: one line per module name (OPT's default ignore_bias leaves out_proj and fc2), no per-module lines
+    assert "\n  self_attn.out_proj  layers 2-3 (2)\n  fc2                 layers 2-3 (2)\n" in stdout
+    assert "+ model.decoder" not in stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_verbose_dry_run_lists_every_module(capsys, base_args):
+    code, stdout, _ = run_cli(capsys, *base_args, "--select-layer", "0,3", "--max-pairs", 2, "--dry-run", "--verbose")
+    assert code == 0
+    listed = [line.strip() for line in stdout.splitlines() if line.startswith("  + ")]
+    assert listed == ["+ model.decoder.layers.0.self_attn.out_proj", "+ model.decoder.layers.0.fc2",
+                      "+ model.decoder.layers.3.self_attn.out_proj", "+ model.decoder.layers.3.fc2"]
+
+
+@pytest.mark.parametrize("indices, text", [([], ""), ([4], "4"), ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"),
+                                           ([29, 28, 0, 1], "0-1,28-29")])
+def test_layer_ranges(indices, text):
+    assert cli.layer_ranges(indices) == text
 
 
 @pytest.mark.parametrize("extra, message", [
