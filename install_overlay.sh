@@ -20,7 +20,7 @@ readonly REPO_DIR
 
 usage() {
     cat <<EOF
-Usage: bash ${PROG} [--dev] [--target DIR] [--check | --restore] [--help]
+Usage: bash ${PROG} [--dev] [--eval] [--target DIR] [--check | --restore] [--help]
 
 Installs Fair-GPTQ: GPTQModel ${GPTQMODEL_VERSION} whose gptqmodel/quantization/gptq.py and
 config.py are replaced by this repository's gptq.py and config.py. The original files are
@@ -38,8 +38,10 @@ Modes (default: install):
   --restore     Put the upstream files back from the .upstream backups.
 
 Options:
-  --dev         Install requirements-dev.txt (adds pytest) instead of requirements.txt,
+  --dev         Install requirements-dev.txt (pytest, and requirements-eval.txt) instead of requirements.txt,
                 and --gptqmodel7 (the test suite runs tests/gptqmodel7 with that environment).
+  --eval        Install requirements-eval.txt (lm-evaluation-harness 0.4.13 and the packages it
+                pulls, pinned) for evaluation/run_eval.py --tasks lm_eval.
   --gptqmodel7  Also create .venv-gptqmodel7 (\$VENV7): GPTQModel 7.7.0 for fair_gptq_v7, with its
                 own pins (bash install_gptqmodel7.sh; a few minutes the first time).
   --target DIR  Work on a GPTQModel ${GPTQMODEL_VERSION} source checkout instead of a venv:
@@ -88,6 +90,7 @@ version_from_file() {
 # ---------------------------------------------------------------- argument parsing ----
 MODE="install"
 DEV=0
+EVAL=0
 WITH_GPTQMODEL7=0
 TARGET=""
 while [[ $# -gt 0 ]]; do
@@ -95,6 +98,7 @@ while [[ $# -gt 0 ]]; do
         -h | --help) usage; exit 0 ;;
         --dev) DEV=1; WITH_GPTQMODEL7=1 ;;
         --gptqmodel7) WITH_GPTQMODEL7=1 ;;
+        --eval) EVAL=1 ;;
         --check)
             [[ "$MODE" == "install" ]] || usage_error "--check and --restore cannot be combined"
             MODE="check" ;;
@@ -113,6 +117,9 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $DEV -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
     usage_error "--dev only applies to installing into a venv (not with --target, --check or --restore)"
+fi
+if [[ $EVAL -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
+    usage_error "--eval only applies to installing into a venv (not with --target, --check or --restore)"
 fi
 
 if [[ $WITH_GPTQMODEL7 -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
@@ -180,8 +187,10 @@ print(list(spec.submodule_search_locations)[0])
 
 # -------------------------------------------------------------- requirements stamp ----
 req_files() {
-    if [[ $DEV -eq 1 ]]; then
-        echo requirements.txt requirements-dev.txt
+    if [[ $DEV -eq 1 ]]; then  # requirements-dev.txt includes requirements-eval.txt
+        echo requirements.txt requirements-eval.txt requirements-dev.txt
+    elif [[ $EVAL -eq 1 ]]; then
+        echo requirements.txt requirements-eval.txt
     else
         echo requirements.txt
     fi
@@ -225,6 +234,7 @@ pip_install() {
 
 install_packages() {
     local req="requirements.txt" force_build=""
+    [[ $EVAL -eq 1 ]] && req="requirements-eval.txt"  # it includes requirements.txt: one pip resolve
     [[ $DEV -eq 1 ]] && req="requirements-dev.txt"
     [[ -f "${REPO_DIR}/${req}" ]] || die "${REPO_DIR}/${req} is missing; restore it from git (git checkout -- ${req})."
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import metrics
+from evaluation.crows_version import csv_version
 from evaluation.lm_eval_bridge import flatten_results
 from evaluation.store import load_runs, write_json_atomic
 from evaluation.tasks import geometric_mean_scores
@@ -31,7 +32,8 @@ def _crows_summary(run: dict, n_boot: int, seed: int) -> dict:
     out = dict(m["overall"])
     out["pct_stereotype_ci"] = list(metrics.bootstrap_pct_stereotype(items["ll_more"], items["ll_less"], n_boot, seed))
     out["by_bias_type"] = m["by_bias_type"]
-    out["data"] = run.get("data", {})
+    out["data"] = dict(run.get("data", {}))
+    out["data"].setdefault("version", csv_version(out["data"].get("sha256")))  # runs stored before versions
     return out
 
 
@@ -60,7 +62,7 @@ def summarize_run(task: str, run: dict, n_boot: int, seed: int) -> dict:
     if task == "wikitext2":
         return _wikitext_summary(run)
     if task == "lm_eval":
-        return {"metrics": flatten_results(run["metrics"].get("results", {}))}
+        return {"metrics": flatten_results(run["metrics"].get("results", {})), "data": run.get("data", {})}
     return {}
 
 
@@ -243,7 +245,8 @@ def _data_lines(models: list[str], per_model: dict) -> list[str]:
         s = per_model[m]
         if "crows_pairs" in s:
             d = s["crows_pairs"].get("data", {})
-            described.setdefault(f"CrowS-Pairs: {s['crows_pairs']['n']} pairs from {d.get('source')}", []).append(m)
+            described.setdefault(f"CrowS-Pairs: {s['crows_pairs']['n']} pairs from {d.get('source')}, data version: "
+                                 f"{d.get('version')}", []).append(m)
         if "stereoset" in s:
             sp = s["stereoset"]["split"]
             described.setdefault(
@@ -256,6 +259,13 @@ def _data_lines(models: list[str], per_model: dict) -> list[str]:
             described.setdefault(
                 f"WikiText-2 test: protocol {w.get('protocol')}, {w.get('seqlen')}-token windows, "
                 f"{w.get('n_windows')} windows, {w.get('n_tokens')} scored tokens", []).append(m)
+        lm_data = s.get("lm_eval", {}).get("data", {})
+        for task, src in lm_data.get("sources", {}).items():
+            version = f", data version: {src['version']}" if src.get("version") else ""
+            limit = f", first {lm_data['limit']} documents" if lm_data.get("limit") else ""
+            described.setdefault(f"lm-eval {task}: {src.get('source')}{version}{limit}", []).append(m)
+        for task, reason in lm_data.get("unavailable", {}).items():
+            described.setdefault(f"lm-eval {task}: unavailable ({reason})", []).append(m)
     everyone = set(models)
     return [f"- {text}" + ("" if set(ms) == everyone else f" ({', '.join(ms)})") for text, ms in described.items()]
 
@@ -348,6 +358,10 @@ def render_markdown(results: dict, plots: list[str]) -> str:
         rows = [[k] + [_fmt(per_model[m].get("lm_eval", {}).get("metrics", {}).get(k), 4) for m in models]
                 for k in names]
         lines += ["## lm-evaluation-harness tasks", ""] + _table(["task/metric"] + models, rows) + [""]
+        lines += ["lm-eval's own task code (sources, CrowS-Pairs data version and unavailable tasks under Data). "
+                  "Published lm-eval crows_pairs_english figures use its hub set, the revised multilingual English "
+                  "set: compare them only with figures on the same data version. lm-eval's wikitext word_perplexity "
+                  "(per document, per word) is a different protocol from the WikiText-2 token perplexity above.", ""]
 
     lines += ["## Data", ""] + _data_lines(models, per_model)
     lines += ["", "## Scoring", ""]

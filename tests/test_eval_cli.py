@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -196,48 +195,6 @@ def test_lm_eval_missing_prints_one_line_and_other_tasks_run(tiny_opt_dir, crows
     assert len(lines) == 1 and "lm-eval is not installed" in lines[0]
     assert run_path(tmp_path, "fp", "crows_pairs").is_file()
     assert not run_path(tmp_path, "fp", "lm_eval").exists()
-
-
-def _fake_lm_eval(monkeypatch, simple_evaluate):
-    package = types.ModuleType("lm_eval")
-    package.simple_evaluate = simple_evaluate
-    models_pkg = types.ModuleType("lm_eval.models")
-    hf = types.ModuleType("lm_eval.models.huggingface")
-    hf.HFLM = lambda pretrained, tokenizer, batch_size: types.SimpleNamespace(model=pretrained, tokenizer=tokenizer)
-    for name, module in (("lm_eval", package), ("lm_eval.models", models_pkg), ("lm_eval.models.huggingface", hf)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(lm_eval_bridge, "_lm_eval_installed", lambda: True)
-
-
-def test_lm_eval_unreachable_data_prints_one_line(tiny_opt_dir, crows_pairs_path, tmp_path, capsys, monkeypatch):
-    def offline(**_kwargs):
-        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)\nmore detail")
-
-    _fake_lm_eval(monkeypatch, offline)
-    argv = ["--model", f"fp={tiny_opt_dir}", "--tasks", "lm_eval,crows_pairs", "--crows-pairs", str(crows_pairs_path),
-            "--max-items", "3", "--out", str(tmp_path), "--no-progress", "--bootstrap", "50"]
-    assert run_eval.main(argv) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "lm-eval" in line]
-    assert len(lines) == 1 and "could not run (ConnectionError: Couldn't reach" in lines[0]
-    assert run_path(tmp_path, "fp", "crows_pairs").is_file()
-
-
-def test_lm_eval_results_are_stored_and_reported(tiny_opt_dir, tmp_path, monkeypatch):
-    calls = []
-
-    def fake_evaluate(**kwargs):
-        calls.append(kwargs)
-        return {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.25, "acc_stderr,none": 0.01}}}
-
-    _fake_lm_eval(monkeypatch, fake_evaluate)
-    argv = ["--model", f"fp={tiny_opt_dir}", "--tasks", "lm_eval", "--lm-eval-tasks", "arc_easy", "--max-items", "4",
-            "--out", str(tmp_path), "--no-progress"]
-    assert run_eval.main(argv) == 0
-    assert calls[0]["tasks"] == ["arc_easy"] and calls[0]["limit"] == 4
-    assert calls[0]["model"].model is not None  # the already loaded model is passed, not a path
-    run = json.loads(run_path(tmp_path, "fp", "lm_eval").read_text())
-    assert run["metrics"]["results"]["arc_easy"]["acc,none"] == 0.25
-    assert "arc_easy/acc" in (tmp_path / "report.md").read_text()
 
 
 def test_script_runs_from_the_repo_root():
