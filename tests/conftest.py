@@ -59,11 +59,12 @@ def pytest_sessionstart(session):
     """The tests import the overlay installed in the venv, not ./gptq.py and ./config.py: after an edit they would
     silently run the old code. Stop before collecting anything when the two differ."""
     spec = importlib.util.find_spec("gptqmodel")  # locates the package without importing it
-    if spec is not None and spec.origin is not None and "7.7.0" in (Path(spec.origin).parent / "version.py").read_text():
-        return  # the GPTQModel 7.7.0 environment of tests/gptqmodel7 (fair_gptq_v7): no overlay there
     if spec is None or spec.origin is None:
         problems = ["GPTQModel is not installed in this Python"]
     else:
+        version_file = Path(spec.origin).parent / "version.py"
+        if version_file.is_file() and "7.7.0" in version_file.read_text():
+            return  # the GPTQModel 7.7.0 environment of tests/gptqmodel7 (fair_gptq_v7): no overlay there
         problems = overlay_differences(REPO_DIR, Path(spec.origin).parent / "quantization")
     if problems:
         pytest.exit("Fair-GPTQ overlay check failed: " + "; ".join(problems) + ". Run `bash install_overlay.sh` "

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import OVERLAY_FILES, REPO_DIR, overlay_differences
 
 
@@ -11,6 +13,7 @@ def fake_installation(root, changed=None, missing=None):
     quantization = root / "gptqmodel" / "quantization"
     quantization.mkdir(parents=True)
     (root / "gptqmodel" / "__init__.py").write_text("")
+    (root / "gptqmodel" / "version.py").write_text('__version__ = "2.2.0"\n')
     for name in OVERLAY_FILES:
         if name == missing:
             continue
@@ -30,9 +33,12 @@ def test_edited_and_missing_files_are_named(tmp_path):
     assert overlay_differences(REPO_DIR, missing) == [f"{missing / 'config.py'} is missing"]
 
 
-def test_session_stops_at_start_with_the_fix(tmp_path):
+@pytest.mark.parametrize("with_version_file", [True, False])
+def test_session_stops_at_start_with_the_fix(tmp_path, with_version_file):
     """A pytest run that imports a stale gptqmodel (first on PYTHONPATH) exits before running any test."""
     fake_installation(tmp_path, changed="config.py")
+    if not with_version_file:
+        (tmp_path / "gptqmodel" / "version.py").unlink()
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            f"{REPO_DIR / 'tests' / 'test_overlay_check.py'}::test_identical_copies_pass"],
