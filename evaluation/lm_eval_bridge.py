@@ -200,11 +200,14 @@ def run_lm_eval(lm, tasks=PAPER_TASKS, batch_size: int = 16, limit: int | None =
 
 
 def flatten_results(results: dict) -> dict[str, float]:
-    """``{"arc_easy": {"acc,none": 0.6, "alias": ...}}`` -> ``{"arc_easy/acc": 0.6}`` (numbers only)."""
+    """``{"arc_easy": {"acc,none": 0.6, "alias": ...}}`` -> ``{"arc_easy/acc": 0.6}`` (numbers only).
+
+    Metrics are the ``metric,filter`` keys; others (``sample_len``, ``alias``) and standard errors are left out.
+    """
     flat = {}
     for task, values in sorted(results.items()):
         for key, value in sorted(values.items()):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or "," not in key:
                 continue
             metric, _, filt = key.partition(",")
             if metric.endswith("_stderr"):

@@ -361,7 +361,7 @@ def render_markdown(results: dict, plots: list[str]) -> str:
         lines += ["lm-eval's own task code (sources, CrowS-Pairs data version and unavailable tasks under Data). "
                   "Published lm-eval crows_pairs_english figures use its hub set, the revised multilingual English "
                   "set: compare them only with figures on the same data version. lm-eval's wikitext word_perplexity "
-                  "(per document, per word) is a different protocol from the WikiText-2 token perplexity above.", ""]
+                  "(per document, per word) is a different protocol from the token perplexity of our wikitext2 task.", ""]
 
     lines += ["## Data", ""] + _data_lines(models, per_model)
     lines += ["", "## Scoring", ""]

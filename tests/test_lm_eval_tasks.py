@@ -62,3 +62,13 @@ def test_lm_eval_wikitext_refuses_the_joined_text(wikitext2_dir):
         lm_eval_tasks.resolve_local_data(["wikitext"], None, str(wikitext2_dir / "wikitext2_test_joined.txt"))
     # tasks without local files read nothing
     assert lm_eval_tasks.resolve_local_data(["arc_easy"]) == lm_eval_tasks.LocalData()
+
+
+def test_flatten_results_keeps_the_metrics_only():
+    from evaluation.lm_eval_bridge import flatten_results
+
+    results = {"wikitext": {"name": "wikitext", "alias": "wikitext", "sample_len": 62, "word_perplexity,none": 9.5,
+                            "word_perplexity_stderr,none": "N/A"},
+               "arc_easy": {"acc,none": 0.25, "acc_stderr,none": 0.01, "acc,strict": 0.5, "flag,none": True}}
+    assert flatten_results(results) == {"arc_easy/acc": 0.25, "arc_easy/acc (strict)": 0.5,
+                                        "wikitext/word_perplexity": 9.5}
