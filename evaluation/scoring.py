@@ -16,7 +16,10 @@ Engine properties:
   (non-pad) positions are normalised, with a float32 ``logsumexp`` over the vocabulary, and only the
   target token's logit is gathered (no full-vocabulary float64 log-softmax), see
   :func:`target_logprobs`. lm-eval takes the log-softmax in the model's dtype; taking it in float32
-  differs from that only by rounding.
+  differs from that only by rounding;
+* memory-bounded: for the families in :data:`CHUNKED_HEAD_MODEL_TYPES` the decoder runs once and the
+  output head makes logits for :data:`LOGIT_CHUNK_ELEMENTS` values at a time (:func:`sequence_logprobs`):
+  one 2,048-token window of Gemma 3's 262,144-token vocabulary would otherwise be 2 GiB of logits.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
@@ -111,6 +113,40 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Te
     return picked - norm
 
 
+# Causal LMs whose logits are exactly head(decoder(ids)[0]), then Gemma's optional final softcapping
+# (transformers 4.51 `*ForCausalLM.forward`); tested against the full forward for each kind of model.
+CHUNKED_HEAD_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt"})
+LOGIT_CHUNK_ELEMENTS = 1 << 25  # logits made at once: 128 MiB in float32 (~128 positions of Gemma 3)
+
+
+def sequence_logprobs(model, input_ids, targets, valid, attention_mask=None) -> torch.Tensor:
+    """log p(target) at the ``valid`` positions, as :func:`target_logprobs` of the model's logits.
+
+    For :data:`CHUNKED_HEAD_MODEL_TYPES` the full (batch, time, vocab) logits never exist: the decoder's
+    hidden states go through the output head a chunk of positions at a time. Other models get one
+    ordinary forward pass.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in CHUNKED_HEAD_MODEL_TYPES:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return target_logprobs(logits, targets, valid)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    head, cap = model.get_output_embeddings(), getattr(config, "final_logit_softcapping", None)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    rows = valid.reshape(-1).nonzero().squeeze(1)
+    flat_targets = targets.reshape(-1)
+    step = max(1, LOGIT_CHUNK_ELEMENTS // head.out_features)
+    out = torch.empty(rows.numel(), dtype=torch.float32, device=flat.device)
+    for start in range(0, rows.numel(), step):
+        chunk = rows[start:start + step]
+        logits = head(flat.index_select(0, chunk))
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        out[start:start + step] = target_logprobs(logits, flat_targets[chunk], torch.ones_like(chunk, dtype=torch.bool))
+    return out
+
+
 def score_token_sequences(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]],
@@ -157,9 +193,8 @@ def score_token_sequences(
                     targets[row, :length] = tokens[1:]
                     mask[row, :length] = 1
                 input_ids, targets, mask = input_ids.to(device), targets.to(device), mask.to(device)
-                logits = model(input_ids=input_ids, attention_mask=mask).logits
                 valid = mask.bool()
-                token_logprobs = target_logprobs(logits, targets, valid)
+                token_logprobs = sequence_logprobs(model, input_ids, targets, valid, attention_mask=mask)
                 rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(valid)[valid]
                 sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
                 sums.index_add_(0, rows, token_logprobs.double())
@@ -243,8 +278,9 @@ def window_perplexity(
         with torch.inference_mode():
             for i in tqdm(range(n_windows), desc=desc, unit="win", disable=not progress, leave=False):
                 window = token_ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0).to(device)
-                logits = model(input_ids=window).logits[0, :-1].float()
-                nll = F.cross_entropy(logits, window[0, 1:], reduction="sum")
+                targets = torch.roll(window, -1, dims=1)  # the wrapped-around last position is not scored
+                valid = torch.arange(seqlen, device=device).unsqueeze(0) < seqlen - 1
+                nll = -sequence_logprobs(model, window, targets, valid).double().sum()
                 window_nll.append(float(nll))
     finally:
         model.train(was_training)
@@ -296,15 +332,16 @@ def paper_perplexity(
         with torch.inference_mode():
             for i in tqdm(range(n_windows), desc=desc, unit="win", disable=not progress, leave=False):
                 window = token_ids[i * n_ctx:(i + 1) * n_ctx].clone()
-                targets = window[first + 1:].to(device)
                 if bos is not None:
-                    window[0] = bos
-                logits = model(input_ids=window.unsqueeze(0).to(device)).logits[0, first:n_ctx - 1].float()
-                logprobs = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+                    window[0] = bos  # never a target: the first scored position is >= 1
+                window = window.unsqueeze(0).to(device)
+                positions = torch.arange(n_ctx, device=device).unsqueeze(0)
+                scored = (positions >= first) & (positions < n_ctx - 1)
+                logprobs = sequence_logprobs(model, window, torch.roll(window, -1, dims=1), scored)
                 logprobs = torch.where(logprobs.exp() > 0, logprobs, torch.full_like(logprobs, floor))
                 window_nll.append(float(-logprobs.double().sum()))
                 nll_sum += window_nll[-1]
-                count += int(targets.numel())
+                count += int(scored.sum())
                 running.append(math.exp(nll_sum / count))
     finally:
         model.train(was_training)
