@@ -14,8 +14,14 @@ import os
 # GPTQModel 7.7.0's loader asks for 2 CPU workers, more than it allots itself on a 2-core machine
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
-from .config import FairGPTQConfig  # noqa: E402
-from .hooks import install, installed, uninstall  # noqa: E402
-from .run import quantize  # noqa: E402
+_EXPORTS = {"FairGPTQConfig": "config", "install": "hooks", "installed": "hooks", "uninstall": "hooks",
+            "quantize": "run"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["FairGPTQConfig", "install", "installed", "quantize", "uninstall"]
+
+def __getattr__(name):
+    # imported on first use, so the pure modules (gating, pairs, compare) load without GPTQModel 7.7.0
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fair_gptq_v7' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -3,17 +3,10 @@
 The overlay is copied into GPTQModel and must stay self-contained, so fair_gptq_v7 (which cannot import it:
 it runs on 7.7.0) has its own copy of these pure functions; this test keeps the two in step.
 """
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from fair_gptq_v7 import gating  # pure: no GPTQModel import
 from gptqmodel.quantization import config as overlay
-
-spec = importlib.util.spec_from_file_location(
-    "fair_gptq_v7_gating", Path(__file__).resolve().parents[1] / "fair_gptq_v7" / "gating.py")
-gating = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gating)  # the file alone: the package's __init__ needs GPTQModel 7.7.0
 
 CASES = {
     "parse_ignore_bias": ["", None, "q_proj", " k_proj , q_proj,", ["fc1", "self_attn.q_proj"], "q-proj",
