@@ -24,6 +24,7 @@ DEFAULT_IGNORE_BIAS: dict[str, str] = {
     "qwen3": _LLAMA_LIKE_IGNORE,
     "gemma": _LLAMA_LIKE_IGNORE,
     "gemma2": _LLAMA_LIKE_IGNORE,
+    "gemma3_text": _LLAMA_LIKE_IGNORE,  # Gemma 3 text-only (e.g. the gemma3-270m preset)
 }
 
 OVERLAY_MISSING_MESSAGE = "Fair-GPTQ overlay not installed: run bash install_overlay.sh"

