@@ -5,8 +5,8 @@ tensors are read with the `gguf` package (`GGUFReader`, `gguf.quants.dequantize`
 its own HF -> GGUF name map. What llama.cpp's conversion changed is undone:
 
 - Gemma's RMSNorm computes x * (1 + w); llama.cpp stores 1 + w in every norm weight: subtract 1
-  (left in, WikiText-2 perplexity is ~1e8).
-- q/k are stored as in the HF model: no un-permutation (a Llama-style one gives perplexity ~4,300).
+  (left in, WikiText-2 perplexity is ~1e8, as measured for issue 13).
+- q/k are stored as in the HF model: no un-permutation (a Llama-style one gave perplexity ~4,300).
 - The sliding-window pattern, the local RoPE base and the query scaling are not in the file;
   llama.cpp sets them per model size. Only the size whose values are known here (270M, 18 layers)
   is accepted; other sizes are refused rather than guessed.
@@ -79,6 +79,8 @@ def gemma3_config(fields, tensor_names):
         rms_norm_eps=_shortest_float(key("attention.layer_norm_rms_epsilon")),
         rope_theta=_shortest_float(key("rope.freq_base")),
         sliding_window=int(key("attention.sliding_window")),
+        final_logit_softcapping=_field(fields, f"{ARCH}.final_logit_softcapping"),  # absent for Gemma 3
+        attn_logit_softcapping=_field(fields, f"{ARCH}.attn_logit_softcapping"),
         query_pre_attn_scalar=head_dim,
         rope_local_base_freq=LOCAL_ROPE_BASE,
         sliding_window_pattern=SLIDING_WINDOW_PATTERN,
