@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fair_gptq import gemma3_gguf
-from tests import gemma3_helpers as helpers
+import gemma3_helpers as helpers
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 pytest.importorskip("sentencepiece", reason="the sentencepiece package is not installed")
