@@ -24,7 +24,7 @@ _TRAINING_TEXT = """\
 The quick brown fox jumps over the lazy dog. The nurse helped the patient and the engineer fixed the bridge.
 In 1994 the  battalion  was formed ; it saw action in Hrvatska Kostajnica and near Slano .
 Robert Boulter is an English film , television and theatre actor .
-	Tabs and  double  spaces   and newlines
+\tTabs and  double  spaces   and newlines
 
 appear in text too, as do symbols such as %, $ and &.
 """

@@ -54,8 +54,8 @@ def test_with_gemma3_reinstalls_when_a_package_is_missing(fake_venv):
 
 
 def test_with_gemma3_only_when_installing_into_a_venv(tmp_path):
-    for args in (["--with-gemma3", "--check"], ["--with-gemma3", "--restore"], ["--with-gemma3", "--target", str(tmp_path)]):
-        proc = run_script(*args)
+    for mode in (["--check"], ["--restore"], ["--target", str(tmp_path)]):
+        proc = run_script("--with-gemma3", *mode)
         assert proc.returncode == 2, output(proc)
         assert "--with-gemma3 only applies" in proc.stderr
 
