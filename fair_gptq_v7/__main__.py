@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7.7.0's column ordering by activation groups (its default; off here to match 2.2.0)")
     p.add_argument("--batch-size", type=int, default=2, help="even: rows 2i, 2i+1 are a pair")
     p.add_argument("--stereoset", default=None, help="StereoSet dev.json (default: the shared data folder)")
+    p.add_argument("--pairs-file", default=None,
+                   help="JSON list of [stereotype, anti-stereotype] pairs instead of StereoSet's")
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default="The nurse said that")
@@ -61,7 +63,8 @@ def plan(args):
         raise SystemExit(f"error: --out {out} exists; pass --overwrite to replace it")
     if args.batch_size < 2 or args.batch_size % 2:
         raise SystemExit(f"error: --batch-size {args.batch_size} must be even (rows 2i, 2i+1 are a pair)")
-    pairs = calibration_pairs(args.stereoset, "stereo-anti", max_pairs=args.max_pairs, seed=args.seed)
+    mode = "file" if args.pairs_file else "stereo-anti"
+    pairs = calibration_pairs(args.stereoset, mode, max_pairs=args.max_pairs, seed=args.seed, pairs_file=args.pairs_file)
     from transformers import AutoConfig
     model_path = resolve_model(args.model)
     config = AutoConfig.from_pretrained(model_path)

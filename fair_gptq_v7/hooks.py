@@ -5,7 +5,7 @@
     shared-input dedup checks `type(task) is GPTQ` against the same name, so dedup keeps working);
   * `GPTQProcessor` -> FairGPTQProcessor: BaseQModel.quantize imports it from there when it builds a run.
 Both subclasses behave exactly like the originals for a config without the term (alpha = 0: bit-identical,
-tested). Nothing is stored at module level but the two names; pair sums live in each task, under its lock.
+tested), except that a FairGPTQConfig run keeps calibration sentences of <= 10 tokens, which 7.7.0 drops. Nothing is stored at module level but the two names; pair sums live in each task, under its lock.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import threading
 
 import gptqmodel.looper.gptq_processor as gptq_processor
 
+from .config import FairGPTQConfig
 from .task import FairGPTQ
 
 _ORIGINAL_GPTQ = gptq_processor.GPTQ
@@ -33,8 +34,10 @@ class FairGPTQProcessor(_ORIGINAL_PROCESSOR):
         qcfg = kwargs.get("qcfg")
         if _fair_enabled(qcfg):
             _refuse_broken_pair_layout(kwargs)
+        if isinstance(qcfg, FairGPTQConfig):
             # 7.7.0 drops sentences of <= 10 tokens one at a time, which would shift every later pair by one
-            # row; the processor calls prepare_dataset without a minimum length, so it is set here
+            # row, and its processor calls prepare_dataset without passing quantize()'s minimum length; every
+            # FairGPTQConfig run, alpha = 0 included, keeps them, so a GPTQ baseline sees the same sentences
             kwargs["prepare_dataset_func"] = functools.partial(kwargs["prepare_dataset_func"],
                                                                calibration_data_min_length=0)
         super().__init__(*args, **kwargs)

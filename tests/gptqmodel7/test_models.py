@@ -20,18 +20,19 @@ PAIRS = [
     ("Her family was poor and lived in a small house.", "Her family was rich."),
 ]
 SENTENCES = [s for pair in PAIRS for s in pair]
+LONG_SENTENCES = [s + " They talked about it all evening at home." for s in SENTENCES]  # all > 10 tokens
 
 
-def quantize(model_dir, out_dir, *, stock=False, batch_size=2, **cfg):
+def quantize(model_dir, out_dir, *, stock=False, batch_size=2, sentences=SENTENCES, plain_config=False, **cfg):
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.quantization.config import GPTQConfig
 
     (fair_gptq_v7.uninstall if stock else fair_gptq_v7.install)()
     try:
-        make = GPTQConfig if stock else FairGPTQConfig
+        make = GPTQConfig if stock or plain_config else FairGPTQConfig
         qcfg = make(bits=4, group_size=32, device="cpu", **cfg)
         model = GPTQModel.load(str(model_dir), qcfg, dtype=torch.float32)
-        model.quantize(SENTENCES, batch_size=batch_size, calibration_sort=None, backend=BACKEND.TORCH)
+        model.quantize(sentences, batch_size=batch_size, calibration_sort=None, backend=BACKEND.TORCH)
         model.save(str(out_dir))
     finally:
         fair_gptq_v7.uninstall()
@@ -143,13 +144,28 @@ def test_opt_flattened_fc_inputs_are_paired_with_the_keep_mask(tiny_opt_dir, tmp
 
 
 def test_alpha_zero_is_bit_identical_to_stock(stories260k_dir, tmp_path):
-    stock = quantize(stories260k_dir, tmp_path / "stock", stock=True)
-    fair = quantize(stories260k_dir, tmp_path / "fair", alpha=0.0)
+    stock = quantize(stories260k_dir, tmp_path / "stock", stock=True, sentences=LONG_SENTENCES)
+    fair = quantize(stories260k_dir, tmp_path / "fair", alpha=0.0, sentences=LONG_SENTENCES)
     assert stock.keys() == fair.keys()
     for key in stock:
         assert torch.equal(stock[key], fair[key]), key
     saved = json.loads((tmp_path / "fair" / "quantize_config.json").read_text())
     assert "alpha" not in saved  # an alpha=0 checkpoint is stock 7.7.0's
+
+
+def test_fair_config_keeps_short_sentences_that_stock_drops(stories260k_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    short = ["He ran.", "She ran."]  # a pair of short sentences in front: stock drops both
+    lengths = [len(AutoTokenizer.from_pretrained(str(stories260k_dir))(s)["input_ids"]) for s in short]
+    assert max(lengths) <= 10
+    spy = Spy(monkeypatch)  # records the rows of every module's H, through the installed classes
+    quantize(stories260k_dir, tmp_path / "plain", plain_config=True, sentences=short + SENTENCES)  # stock: min 10
+    plain_rows = sum(len(r) for r in spy.rows["model.layers.0.self_attn.q_proj"])
+    spy.rows.clear()
+    quantize(stories260k_dir, tmp_path / "fair", alpha=0.0, sentences=short + SENTENCES)
+    fair_rows = sum(len(r) for r in spy.rows["model.layers.0.self_attn.q_proj"])
+    assert fair_rows == plain_rows + sum(lengths)
 
 
 def test_two_worker_runs_are_deterministic_and_load_in_stock(tiny_mistral_dir, tmp_path):
