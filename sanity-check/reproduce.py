@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -74,23 +73,9 @@ def variant_table(suite: str, alpha: float, sweep, pairs_file: str | None, quick
 
 def quantize_variant(name: str, extra: list[str], args, models_dir: Path) -> Path:
     """Run the main job in a subprocess (fresh memory each time); reuse a finished model."""
-    out = models_dir / name
-    if (out / "fair_gptq_run.json").is_file() and not args.force:
-        print(f"[{name}] reusing {out}", flush=True)
-        return out
-    command = [sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--out", str(out),
-               "--overwrite", "--no-generate", "--max-pairs", str(args.pairs), "--group-size", str(args.group_size),
-               "--batch-size", "2", "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *extra]
-    if args.stereoset:
-        command += ["--stereoset", args.stereoset]
-    print(f"[{name}] quantizing: {' '.join(extra)}", flush=True)
-    started = time.time()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"[{name}] quantization failed (exit {done.returncode})")
-    print(f"[{name}] done in {time.time() - started:.0f} s", flush=True)
-    return out
+    from study_jobs import run_main_job
+
+    return run_main_job(name, models_dir / name, ["--group-size", str(args.group_size), *extra], args, args.force)
 
 
 def evaluate(variants: dict, paths: dict[str, str], args, eval_dir: Path) -> int:

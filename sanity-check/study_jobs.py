@@ -114,26 +114,25 @@ def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
 # ----------------------------------------------------------------------------- one job
 
 
-def quantize(variant: Variant, args, models_dir: Path, log_dir: Path) -> Path:
-    """The main job in a subprocess; a finished model folder (fair_gptq_run.json present) is reused."""
-    out = models_dir / variant.name
-    if (out / "fair_gptq_run.json").is_file():
-        print(f"[{variant.name}] reusing {out}", flush=True)
+def run_main_job(name: str, out: Path, extra: list[str], args, force: bool = False) -> Path:
+    """The main job in a subprocess (fresh memory each time); a finished model folder is reused unless `force`.
+
+    The main job keeps its own logs (GPTQModel's gptq_log_*.log included) in `<out>.logs/`."""
+    if (out / "fair_gptq_run.json").is_file() and not force:
+        print(f"[{name}] reusing {out}", flush=True)
         return out
     command = [sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--out", str(out),
                "--overwrite", "--no-generate", "--max-pairs", str(args.pairs), "--batch-size", "2",
-               "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *variant.quantize_arguments()]
+               "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *extra]
     if args.stereoset:
         command += ["--stereoset", args.stereoset]
-    print(f"[{variant.name}] quantizing: {' '.join(variant.quantize_arguments())}", flush=True)
+    print(f"[{name}] quantizing: {' '.join(extra)}", flush=True)
     started = time.time()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    # GPTQModel writes gptq_log_*.log into the working directory: run it in the variant's log folder
-    done = subprocess.run(command, cwd=log_dir, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"[{variant.name}] quantization failed (exit {done.returncode})")
-    print(f"[{variant.name}] quantized in {time.time() - started:.0f} s", flush=True)
+        raise SystemExit(f"[{name}] quantization failed (exit {done.returncode})")
+    print(f"[{name}] quantized in {time.time() - started:.0f} s", flush=True)
     return out
 
 
@@ -212,7 +211,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     if variant.kind == "fp":
         evaluate(variant, fp_path, args, out)
     else:
-        model_path = quantize(variant, args, models_dir, models_dir / f"{variant.name}.logs")
+        model_path = run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args)
         evaluate(variant, str(model_path), args, out)
         if not (run_dir / "mechanism.json").is_file() or args.force:
             result = measure_mechanism(variant, model_path, fp_path, planned_term_modules(args), args)
