@@ -25,7 +25,6 @@ os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import csv  # noqa: E402
-import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,27 +32,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from fair_gptq import paths  # noqa: E402
-
-REPO_DIR = Path(__file__).resolve().parents[1]
-OVERLAY_FILES = ("gptq.py", "config.py")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def overlay_differences(repo_dir: Path, quantization_dir: Path) -> list[str]:
-    """The overlay files whose copy in `quantization_dir` (an installed gptqmodel/quantization) is missing or
-    differs (sha256) from the repository's."""
-    problems = []
-    for name in OVERLAY_FILES:
-        installed = quantization_dir / name
-        if not installed.is_file():
-            problems.append(f"{installed} is missing")
-        elif _sha256(installed) != _sha256(repo_dir / name):
-            problems.append(f"{installed} differs from {repo_dir / name}")
-    return problems
-
+from overlay_files import REPO_DIR, overlay_differences  # noqa: E402
 
 def pytest_sessionstart(session):
     """The tests import the overlay installed in the venv, not ./gptq.py and ./config.py: after an edit they would

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import OVERLAY_FILES, REPO_DIR, overlay_differences
+from overlay_files import OVERLAY_FILES, REPO_DIR, overlay_differences
 
 
 def fake_installation(root, changed=None, missing=None):
