@@ -135,10 +135,14 @@ def tiny_gemma3(vocab_size: int, block_count: int = BLOCK_COUNT, seed: int = 0, 
         architectures=["Gemma3ForCausalLM"],
     )
     settings.update(overrides)
-    torch.manual_seed(seed)
     model = Gemma3ForCausalLM(Gemma3TextConfig(**settings)).eval()
+    # Every weight drawn here from a seeded generator, not by the modules' initialisers: GPTQModel's loader
+    # replaces torch.nn.init.normal_/uniform_/kaiming_uniform_ with no-ops for the rest of the process, so after
+    # any GPTQModel.load in the same test session a freshly built model would hold uninitialised memory.
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # random norms (the model starts with zeros) and Q8_0-exact v_proj weights
         for name, tensor in model.state_dict().items():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
             if name.endswith("norm.weight"):
                 # bfloat16 values, as Gemma's released weights are: then float32 (1 + w) - 1 == w exactly
                 tensor.copy_((torch.randn_like(tensor) * 0.1).to(torch.bfloat16).float())
