@@ -148,6 +148,9 @@ def tiny_gemma3(vocab_size: int, block_count: int = BLOCK_COUNT, seed: int = 0, 
                 tensor.copy_((torch.randn_like(tensor) * 0.1).to(torch.bfloat16).float())
         v_proj = model.get_parameter(Q8_0_TENSOR)
         v_proj.copy_(q8_0_values(*q8_0_parts(v_proj.shape)))
+    # GPTQModel's loader also sets transformers' _init_weights to False for the process, and then the constructor
+    # no longer ties lm_head to the embeddings: tie explicitly, as the released model (and its GGUF) is tied.
+    model.tie_weights()
     return model
 
 
