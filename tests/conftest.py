@@ -32,6 +32,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from fair_gptq import paths  # noqa: E402
+from model_init import initialised_weights  # noqa: E402  (first: captures torch's own initialisers)
 from overlay_files import REPO_DIR, overlay_differences  # noqa: E402
 
 def pytest_sessionstart(session):
@@ -194,7 +195,8 @@ def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: P
         **_special_ids(tokenizer),
     )
     torch.manual_seed(0)
-    model = OPTForCausalLM(config).to(torch.float32).eval()
+    with initialised_weights():
+        model = OPTForCausalLM(config).to(torch.float32).eval()
     out = tmp_path_factory.mktemp("tiny_opt")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -221,7 +223,8 @@ def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_di
         **_special_ids(tokenizer),
     )
     torch.manual_seed(0)
-    model = MistralForCausalLM(config).to(torch.float32).eval()
+    with initialised_weights():
+        model = MistralForCausalLM(config).to(torch.float32).eval()
     out = tmp_path_factory.mktemp("tiny_mistral")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

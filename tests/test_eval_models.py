@@ -107,3 +107,22 @@ def test_gptq_checkpoint_loads_with_the_torch_kernel_and_scores(tiny_opt_gptq_di
         assert q.n_tokens == f.n_tokens
         assert q.loglik != f.loglik
         assert abs(q.loglik - f.loglik) < 0.1 * abs(f.loglik)
+
+
+@pytest.mark.slow
+def test_full_precision_load_after_gptqmodel_is_the_checkpoint(tiny_opt_gptq_dir, tiny_opt_dir):
+    """run_eval scores FP and GPTQ checkpoints in one process, and GPTQModel's loader leaves torch's
+    initialisers as no-ops and transformers' `_init_weights` off behind it: a later FP load must still be
+    exactly the saved weights, with the output embeddings tied (OPT saves no lm_head)."""
+    import transformers.modeling_utils
+    from safetensors.torch import load_file
+
+    models.load_model(str(tiny_opt_gptq_dir), name="gptq", device="cpu")
+    assert transformers.modeling_utils._init_weights is False  # the condition this test is about
+    fp = models.load_model(str(tiny_opt_dir), name="fp", device="cpu")
+    saved = load_file(str(tiny_opt_dir / "model.safetensors"))
+    state = fp.model.state_dict()
+    assert "lm_head.weight" not in saved
+    for name, tensor in saved.items():
+        assert torch.equal(state[name], tensor), name
+    assert torch.equal(state["lm_head.weight"], saved["model.decoder.embed_tokens.weight"])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import gemma3_helpers as helpers
+from model_init import initialised_weights
 from evaluation import scoring
 
 
@@ -44,9 +45,11 @@ def models_to_check(tiny_opt_dir, tiny_mistral_dir, shared_data_dir):
 
     yield "tiny OPT", load(tiny_opt_dir)
     torch.manual_seed(0)  # OPT whose decoder projects 32 -> 16 before the head
-    yield "OPT with project_out", OPTForCausalLM(OPTConfig(
-        vocab_size=300, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=64)).eval()
+    with initialised_weights():
+        opt_project_out = OPTForCausalLM(OPTConfig(
+            vocab_size=300, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=64)).eval()
+    yield "OPT with project_out", opt_project_out
     yield "tiny Mistral", load(tiny_mistral_dir)
     stories = shared_data_dir / "models" / "stories260K-hf"
     if stories.is_dir():
