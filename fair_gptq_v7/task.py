@@ -17,6 +17,20 @@ with the inverted matrix dampened by damp_percent * mean(diag) (dead columns set
 damp_auto_increment on failure), and GPTQ quantizes W' with H: the parent's quantize() starts from
 `module_copy`, where W' is put. W' is kept for the parent's NaN retry (which re-enters quantize() after
 deleting module_copy) and is what the RTN fallback rounds (clone_module is overridden while W' exists).
+
+Loss log. With log_delta_w, each delta_w.jsonl record carries the 2.2.0 overlay's two losses, in closed form:
+
+    loss_vs_shifted_w = 1/2 tr((Q - W') H_d (Q - W')^T) / N      loss_vs_w = the same with W
+
+H_d is the H that 7.7.0's quantize() inverted: dead columns (zero diagonal) set to 1, the weights' dead
+columns zeroed, then damp * mean(diag) added, damp being the value quantize() returns (after its
+auto-increment, which restores the diagonal between tries, so H_d is exact even when the dampening was
+raised; only 7.7.0's last-resort diagonal floor, which it logs as a warning, is not reproduced). 7.7.0
+reports sum_j (w_j - q_j)^2 / (2 d_j^2) / N, the same normalisation as the closed form: the two agree up to
+float rounding (tested): loss_vs_shifted_w is 7.7.0's printed loss, recomputed. Unit: H and N are 7.7.0's (tokens,
+padding removed), whereas 2.2.0 counts sentences (H = (2/n) X X^T over padded rows, divided by n), so for
+the same error a 2.2.0 loss is about (N/n)^2 times the port's; ratios such as loss_vs_w / loss_vs_shifted_w
+compare directly. Without a Hessian inverse (RTN fallback, failed inverse) both fields are null.
 """
 from __future__ import annotations
 
@@ -61,6 +75,7 @@ class FairGPTQ(GPTQ):
         self._fair_shifted: Optional[torch.Tensor] = None
         self._fair_record: Optional[dict] = None
         self._fair_h01_diag = self._fair_dead = None  # kept for the sensitivity log
+        self._fair_loss_inputs = None  # (W, H) kept for the losses of the delta_w.jsonl record
         self._fair_logged = False  # the NaN retry returns through quantize() twice: log once
         if self.fair_active and not isinstance(self.module, (nn.Linear, transformers.Conv1D)):
             raise ValueError(f"Fair-GPTQ: module `{self.full_name}` is a {type(self.module).__name__}; the paired "
@@ -118,7 +133,8 @@ class FairGPTQ(GPTQ):
             self.module_copy = self._fair_shifted.clone()
         result = super().quantize(blocksize=blocksize)
         if self._fair_shifted is not None:
-            self._fair_after_quantize(result[0])
+            Q, avg_loss, damp = result[0], result[5], result[6]
+            self._fair_after_quantize(Q, avg_loss, damp)
         return result
 
     def clone_module(self, copy=True, device: torch.device = None):
@@ -145,6 +161,8 @@ class FairGPTQ(GPTQ):
         delta_W = torch.cholesky_solve(W_times_H01.t(), L).t()  # (W H01 M^-1)^T = M^-1 (W H01)^T
         del L, W_times_H01
         W_norm = torch.linalg.norm(W).item()
+        if self.qcfg.log_delta_w:  # copies: the parent neutralises, permutes and frees its own H
+            self._fair_loss_inputs = (W.clone(), H.clone())
         W.sub_(delta_W)
         delta_norm = torch.linalg.norm(delta_W).item()
         self._fair_record = {
@@ -176,22 +194,61 @@ class FairGPTQ(GPTQ):
 
     # ---- logs (same files and meaning as the 2.2.0 overlay) ---------------------------------------------------
 
-    def _fair_after_quantize(self, Q: torch.Tensor):
+    def _fair_after_quantize(self, Q: torch.Tensor, avg_loss, damp: float):
+        """Writes the logs of an active module from quantize()'s Q (module weight layout), loss and damp."""
         if self._fair_logged:
             return
         self._fair_logged = True
+        if self.qcfg.log_delta_w or self.qcfg.log_hessian_sensitivity:
+            Q = self._fair_oriented(Q)
         if self.qcfg.log_delta_w and self._fair_record is not None:
+            W, H = self._fair_loss_inputs
+            self._fair_loss_inputs = None
+            # a numeric loss with 0 < damp < 1: the parent inverted H_d (RTN fallback: a string and damp 0;
+            # failed inverse: damp 1 and no GPTQ update)
+            if isinstance(avg_loss, float) and 0 < damp < 1 and self.nsamples > 0:
+                H_d, dead = self._fair_dampened_hessian(H, damp)
+                del H
+                self._fair_record.update(loss_vs_shifted_w=self._fair_gptq_loss(Q, self._fair_shifted, H_d, dead),
+                                         loss_vs_w=self._fair_gptq_loss(Q, W, H_d, dead))
+                del H_d
+            else:
+                self._fair_record.update(loss_vs_shifted_w=None, loss_vs_w=None)
             self._fair_append_log("delta_w.jsonl", self._fair_record)
         if self.qcfg.log_hessian_sensitivity:
             self._fair_log_sensitivity(Q)
         self._fair_record = None
 
+    def _fair_oriented(self, Q: torch.Tensor) -> torch.Tensor:
+        """quantize()'s Q (module weight layout) as rows x columns float32, W's layout: Conv1D transposed back,
+        tensor-parallel pad columns (dead, so zero in W and W' once neutralised) restored as zeros."""
+        Q = Q.t() if isinstance(self.module, transformers.Conv1D) else Q
+        Q = Q.reshape(self.rows, self._original_columns).float()
+        if self.columns > self._original_columns:
+            Q = torch.cat((Q, Q.new_zeros(self.rows, self.columns - self._original_columns)), dim=1)
+        return Q
+
+    @staticmethod
+    def _fair_dampened_hessian(H: torch.Tensor, damp: float):
+        """H_d as 7.7.0 inverts it (H is a private copy and is modified): dead diagonal -> 1, + damp * mean."""
+        diagonal = H.diagonal()
+        dead = diagonal == 0
+        diagonal.masked_fill_(dead, 1.0)
+        diagonal.add_(damp * torch.mean(diagonal))
+        return H, dead
+
+    def _fair_gptq_loss(self, Q: torch.Tensor, W: torch.Tensor, H_d: torch.Tensor, dead: torch.Tensor) -> float:
+        """GPTQ's loss of quantizing W to Q: 1/2 tr((Q - W) H_d (Q - W)^T) / nsamples, W's dead columns zeroed."""
+        W = W.to(device=H_d.device, dtype=torch.float32).masked_fill(dead.unsqueeze(0), 0.0)
+        error = Q.to(H_d.device) - W
+        return 0.5 * torch.sum(error.matmul(H_d) * error).item() / self.nsamples
+
     def _fair_log_sensitivity(self, Q: torch.Tensor):
-        """Per column j: H01[j,j] * ||W'[:,j] - Q[:,j]||_2 (dead columns of W' zeroed, as GPTQ does), sorted."""
+        """Per column j: H01[j,j] * ||W'[:,j] - Q[:,j]||_2 (dead columns of W' zeroed, as GPTQ does), sorted.
+        Q is in W's layout (_fair_oriented)."""
         W = self._fair_shifted.clone()
         W[:, self._fair_dead.to(W.device)] = 0
-        Q = Q.t() if isinstance(self.module, transformers.Conv1D) else Q
-        Q = Q.reshape(W.shape).to(device=W.device, dtype=W.dtype)
+        Q = Q.to(device=W.device, dtype=W.dtype)
         error = torch.linalg.norm(W[:, : self._original_columns] - Q[:, : self._original_columns], dim=0)
         h01_diag = self._fair_h01_diag[: self._original_columns].to(W.device)
         sensitivity = h01_diag * error
@@ -213,6 +270,7 @@ class FairGPTQ(GPTQ):
 
     def free(self):
         self._fair_partials, self._fair_shifted, self._fair_h01_diag = {}, None, None
+        self._fair_loss_inputs = None
         super().free()
 
 

@@ -46,8 +46,9 @@ class Spy:
     """Records, per module, the whole batches given to fair_add_batch, the rows given to add_batch and W'."""
 
     def __init__(self, monkeypatch):
-        self.batches, self.rows, self.shifted = {}, {}, {}
+        self.batches, self.rows, self.shifted, self.results = {}, {}, {}, {}
         fair_add, add, shift = FairGPTQ.fair_add_batch, FairGPTQ.add_batch, FairGPTQ._fair_shift_weights
+        fair_quantize = FairGPTQ.quantize
         spy = self
 
         def fair_add_batch(task, inp, keep_mask, batch_index):
@@ -63,6 +64,12 @@ class Spy:
             spy.shifted[task.full_name] = None if result is None else result.clone()
             return result
 
+        def quantize(task, blocksize=128):  # Q (module layout), reported loss, damp used, nsamples
+            result = fair_quantize(task, blocksize=blocksize)
+            spy.results[task.full_name] = (result[0].detach().clone(), result[5], result[6], result[7])
+            return result
+
+        monkeypatch.setattr(FairGPTQ, "quantize", quantize)
         monkeypatch.setattr(FairGPTQ, "fair_add_batch", fair_add_batch)
         monkeypatch.setattr(FairGPTQ, "add_batch", add_batch)
         monkeypatch.setattr(FairGPTQ, "_fair_shift_weights", shift_weights)
@@ -119,15 +126,71 @@ def check_layer0(spy, model_dir, batch_size, modules, leader_of, alpha=0.3, damp
         torch.testing.assert_close(spy.shifted[name].double(), expected, rtol=2e-4, atol=2e-5, msg=name)
 
 
+def dequantized(tensors, name, bits=4):
+    """W-layout weights decoded from the saved GPTQ (v1) tensors: 32-bit words of 4-bit codes, input rows packed
+    along qweight's rows, output columns along qzeros' columns, zeros stored minus one."""
+    qweight, qzeros = tensors[name + ".qweight"], tensors[name + ".qzeros"]
+    scales, g_idx = tensors[name + ".scales"].float(), tensors[name + ".g_idx"].long()
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    codes = ((qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & (2 ** bits - 1)).reshape(-1, qweight.shape[1])
+    zeros = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & (2 ** bits - 1)).reshape(qzeros.shape[0], -1) + 1
+    zeros = zeros[:, : scales.shape[1]]  # the last word of a row may be part padding
+    return (scales[g_idx] * (codes - zeros[g_idx]).float()).t()  # [out, in]
+
+
+def gptq_loss(Q, W, H, damp, N):
+    """1/2 tr((Q - W) H_d (Q - W)^T) / N; H_d: dead diagonal -> 1, + damp mean(diag); W's dead columns -> 0."""
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=torch.float64)
+    W = W.double().clone()
+    W[:, dead] = 0
+    E = Q.double() - W
+    return 0.5 * torch.trace(E @ H @ E.t()).item() / N
+
+
+def check_layer0_losses(spy, model_dir, out_dir, log_dir, batch_size, modules, leader_of, alpha=0.3, damp=0.05):
+    """delta_w.jsonl's losses against float64 closed forms from the checkpoint's W, the dequantized saved Q and H
+    from the rows recorded during the run; 7.7.0's reported loss is the closed form against W'."""
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    saved = {}
+    for file in sorted(Path(out_dir).glob("*.safetensors")):
+        saved.update(load_file(str(file)))
+    records = [json.loads(line) for line in (Path(log_dir) / "delta_w.jsonl").read_text().splitlines()]
+    records = {r["module"]: r for r in records}
+    masks = batch_masks(model_dir, batch_size)
+    for name in modules:
+        source = leader_of.get(name, name)
+        X = torch.cat(spy.rows[source]).double()
+        N = X.shape[0]
+        H = 2 / N * X.t() @ X
+        W = weights[name + ".weight"]
+        shifted = expected_shift(W, spy.rows[source], spy.batches[source], masks, alpha, damp)
+        Q, avg_loss, used_damp, nsamples = spy.results[name]
+        assert nsamples == N and used_damp == damp, name
+        Q_saved = dequantized(saved, name)
+        torch.testing.assert_close(Q_saved, Q.float(), rtol=2e-3, atol=1e-4, msg=name)  # fp16 scales
+        record = records[name]
+        assert record["loss_vs_shifted_w"] == pytest.approx(gptq_loss(Q, shifted, H, damp, N), rel=1e-4), name
+        assert record["loss_vs_w"] == pytest.approx(gptq_loss(Q, W, H, damp, N), rel=1e-4), name
+        assert avg_loss == pytest.approx(gptq_loss(Q, shifted, H, damp, N), rel=1e-4), name
+        # from the saved checkpoint alone (fp16 scales): the same within the rounding of the scales
+        assert record["loss_vs_w"] == pytest.approx(gptq_loss(Q_saved, W, H, damp, N), rel=1e-2), name
+        assert record["loss_vs_w"] > record["loss_vs_shifted_w"], name
+
+
 @pytest.mark.parametrize("batch_size", [2, 4])
 def test_llama_shift_matches_closed_form_and_followers_use_their_leader(stories260k_dir, tmp_path, monkeypatch,
                                                                          batch_size):
     spy = Spy(monkeypatch)
-    quantize(stories260k_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3, ignore_bias="q_proj,up_proj")
+    quantize(stories260k_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3, ignore_bias="q_proj,up_proj",
+             log_delta_w=1, log_dir=str(tmp_path / "logs"))
     # q_proj leads q/k/v and gate_proj leads gate/up; both leaders and followers are checked
     names = [f"model.layers.0.{m}" for m in ("self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj")]
     leader_of = {n: "model.layers.0.self_attn.q_proj" for n in names[:2]}
     check_layer0(spy, stories260k_dir, batch_size, names, leader_of)
+    check_layer0_losses(spy, stories260k_dir, tmp_path / "out", tmp_path / "logs", batch_size, names, leader_of)
     assert spy.shifted.get("model.layers.0.self_attn.q_proj") is None  # ignored: no shift
     assert "model.layers.0.self_attn.q_proj" in spy.batches  # ... but it summed pairs for its followers
     assert "model.layers.0.mlp.up_proj" not in spy.shifted
@@ -136,11 +199,13 @@ def test_llama_shift_matches_closed_form_and_followers_use_their_leader(stories2
 @pytest.mark.parametrize("batch_size", [2, 4])
 def test_opt_flattened_fc_inputs_are_paired_with_the_keep_mask(tiny_opt_dir, tmp_path, monkeypatch, batch_size):
     spy = Spy(monkeypatch)
-    quantize(tiny_opt_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3)
+    quantize(tiny_opt_dir, tmp_path / "out", batch_size=batch_size, alpha=0.3, log_delta_w=1,
+             log_dir=str(tmp_path / "logs"))
     first = spy.batches["model.decoder.layers.0.fc1"][0][1]
     assert first.dim() == 2  # OPT's fc1 really gets [batch*seq, hidden]
     names = ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2", "model.decoder.layers.0.self_attn.q_proj"]
     check_layer0(spy, tiny_opt_dir, batch_size, names, {})
+    check_layer0_losses(spy, tiny_opt_dir, tmp_path / "out", tmp_path / "logs", batch_size, names, {})
 
 
 def test_alpha_zero_is_bit_identical_to_stock(stories260k_dir, tmp_path):
