@@ -7,7 +7,9 @@
   ``BACKEND.TORCH`` (``TorchQuantLinear``: the one GPTQModel v2.2.0 kernel that runs on a plain CPU;
   the CPU alternative, IPEX, needs intel-extension-for-pytorch and bfloat16). It dequantizes
   the int4 weights on every forward and casts them to the activation dtype, so it runs in float32
-  as well as in half precision. On CUDA, ``BACKEND.AUTO`` lets GPTQModel choose (Marlin, ExLlama,
+  as well as in half precision. Scoring never changes the weights, so each module's dequantized weight is
+computed once, by the kernel's own function, and reused (:func:`cache_dequantized_weights`): the same numbers,
+~2.5x faster on CPU. On CUDA, ``BACKEND.AUTO`` lets GPTQModel choose (Marlin, ExLlama,
   Triton, ...).
 
 Both kinds are loaded with the same tokenizer class (``AutoTokenizer`` from the checkpoint folder)
@@ -108,6 +110,32 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def cache_dequantized_weights(model: torch.nn.Module) -> int:
+    """Make every `TorchQuantLinear` of `model` dequantize its weight once instead of on every forward.
+
+    The kernel's forward calls `self.dequantize_weight(num_itr)` and multiplies by the result; the cached
+    tensor is what that (possibly torch.compile'd) call returns, so every forward computes exactly what it
+    would have. Costs one half-precision copy of the quantized weights; for inference only (the cache is never
+    invalidated). Returns the number of modules changed."""
+    from gptqmodel.nn_modules.qlinear.torch import TorchQuantLinear
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, TorchQuantLinear):
+            continue
+        dequantize, cache = module.dequantize_weight, {}
+
+        def cached(num_itr: int = 1, _dequantize=dequantize, _cache=cache):
+            if num_itr not in _cache:
+                with torch.no_grad():
+                    _cache[num_itr] = _dequantize(num_itr=num_itr)
+            return _cache[num_itr]
+
+        module.dequantize_weight = cached
+        changed += 1
+    return changed
+
+
 def load_model(
     path: str, name: str | None = None, device: str = "auto", dtype: str = "auto", gptq_backend: str = "auto"
 ) -> LoadedModel:
@@ -124,6 +152,7 @@ def load_model(
             backend = BACKEND(gptq_backend)
         wrapper = GPTQModel.load(path, device=device, backend=backend, torch_dtype=torch_dtype)
         model, kind, backend_name = wrapper.model, "gptq", backend.value
+        cache_dequantized_weights(model)
     else:
         from transformers import AutoModelForCausalLM
 

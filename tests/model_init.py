@@ -23,13 +23,17 @@ _INITIALISERS = {name: getattr(torch.nn.init, name) for name in ("kaiming_unifor
 def initialised_weights():
     """torch's initialisers and transformers' weight initialisation switched back on while the block runs."""
     saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
-    saved_flag = transformers.modeling_utils._init_weights
+    # transformers 4.x has the module-level flag; 5.x (the GPTQModel 7.7.0 environment) has none
+    has_flag = hasattr(transformers.modeling_utils, "_init_weights")
+    saved_flag = getattr(transformers.modeling_utils, "_init_weights", None)
     for name, function in _INITIALISERS.items():
         setattr(torch.nn.init, name, function)
-    transformers.modeling_utils._init_weights = True
+    if has_flag:
+        transformers.modeling_utils._init_weights = True
     try:
         yield
     finally:
         for name, function in saved.items():
             setattr(torch.nn.init, name, function)
-        transformers.modeling_utils._init_weights = saved_flag
+        if has_flag:
+            transformers.modeling_utils._init_weights = saved_flag

@@ -126,3 +126,33 @@ def test_full_precision_load_after_gptqmodel_is_the_checkpoint(tiny_opt_gptq_dir
     for name, tensor in saved.items():
         assert torch.equal(state[name], tensor), name
     assert torch.equal(state["lm_head.weight"], saved["model.decoder.embed_tokens.weight"])
+
+
+@pytest.mark.slow
+def test_cached_dequantization_gives_the_kernels_own_logits(tiny_opt_gptq_dir):
+    """After cache_dequantized_weights each module dequantizes once; the logits are bit-identical to the
+    stock kernel's, which dequantizes on every forward. load_model applies it to GPTQ checkpoints."""
+    from gptqmodel import BACKEND, GPTQModel
+    from gptqmodel.nn_modules.qlinear.torch import TorchQuantLinear
+
+    model = GPTQModel.load(str(tiny_opt_gptq_dir), device="cpu", backend=BACKEND.TORCH,
+                           torch_dtype=torch.float32).model.eval()
+    tokenizer = models.load_tokenizer(str(tiny_opt_gptq_dir))
+    batch = tokenizer(["The nurse helped the patient.", "Cats have sharp claws and long tails."],
+                      return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = model(**batch).logits
+    calls = []
+    quantized = [m for m in model.modules() if isinstance(m, TorchQuantLinear)]
+    for module in quantized:  # count the kernel's own dequantize calls behind the cache
+        module.dequantize_weight = (lambda num_itr=1, f=module.dequantize_weight:
+                                    calls.append(1) or f(num_itr=num_itr))
+    assert models.cache_dequantized_weights(model) == len(quantized) > 0
+    with torch.inference_mode():
+        first, second = model(**batch).logits, model(**batch).logits
+    assert len(calls) == len(quantized)  # once per module, not once per forward
+    assert torch.equal(first, reference) and torch.equal(second, reference)
+    # and load_model's GPTQ models are cached
+    loaded = models.load_model(str(tiny_opt_gptq_dir), name="gptq", device="cpu")
+    assert all(m.dequantize_weight.__name__ == "cached"
+               for m in loaded.model.modules() if isinstance(m, TorchQuantLinear))
