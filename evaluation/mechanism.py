@@ -56,15 +56,18 @@ def paired_ratio_difference(w_per_pair, q_a_per_pair, q_b_per_pair, n_resamples:
 # ----------------------------------------------------------------------------- model access
 
 
-def linear_matrix(module: torch.nn.Module, columns: int) -> torch.Tensor:
-    """The (out, in) matrix a linear-like module applies, in float32 (dequantized for GPTQ modules)."""
+def linear_matrix(module: torch.nn.Module, columns: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The (out, in) matrix a linear-like module applies, in float32 (dequantized for GPTQ modules).
+
+    `dtype`: the activation dtype the module is probed in; give the one the model is evaluated in (a half
+    precision probe rounds Q + b before b is subtracted, which matters for modules with large biases).
+    Default: the kernel's own float buffers' dtype (its scales)."""
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point and weight.dim() == 2:
         return weight.detach().float().cpu()
-    # the kernel's own activation dtype (its float buffers: scales), so the forward runs as in evaluation
     floats = [t for t in module.buffers() if t.dtype.is_floating_point]
     device = floats[0].device if floats else torch.device("cpu")
-    dtype = floats[0].dtype if floats else torch.float32
+    dtype = dtype or (floats[0].dtype if floats else torch.float32)
     with torch.no_grad():
         eye = torch.eye(columns, dtype=dtype, device=device)
         zero = torch.zeros(1, columns, dtype=dtype, device=device)
@@ -90,14 +93,18 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
     `fp_model` provides both D (its module inputs) and W; `quantized_model` provides Q (same module names).
     """
     fp_modules = {name: _submodule(fp_model, name) for name in module_names}
+    activation_dtype = quantized_model.get_input_embeddings().weight.dtype  # what evaluation runs in
     q_matrices = {}
     for name, module in fp_modules.items():
         columns = module.weight.shape[1]
-        q_matrices[name] = linear_matrix(_submodule(quantized_model, name), columns)
+        q_matrices[name] = linear_matrix(_submodule(quantized_model, name), columns, activation_dtype)
         if q_matrices[name].shape != module.weight.shape:
             raise ValueError(f"{name}: quantized matrix {tuple(q_matrices[name].shape)} does not match "
                              f"the full-precision weight {tuple(module.weight.shape)}")
     w_matrices = {name: m.weight.detach().float().cpu() for name, m in fp_modules.items()}
+    # float64 once, not per pair: squared_norm's .to(float64) is then a no-op (same products, ~10x less work)
+    w_matrices = {name: m.to(torch.float64) for name, m in w_matrices.items()}
+    q_matrices = {name: m.to(torch.float64) for name, m in q_matrices.items()}
 
     captured: dict[str, torch.Tensor] = {}
 

@@ -114,18 +114,37 @@ def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
 # ----------------------------------------------------------------------------- one job
 
 
+# main-job arguments that do not change the model
+_OUTPUT_ONLY = {"out", "overwrite", "verbose", "dry_run", "prompt", "max_new_tokens", "no_generate", "push_to_hub"}
+
+
+def stale_model_arguments(out: Path, job_args: list[str]) -> list[str]:
+    """The main-job arguments whose recorded value in `out/fair_gptq_run.json` differs from `job_args`'s."""
+    sys.path.insert(0, str(ROOT))
+    import example_fair_gptq
+
+    wanted = vars(example_fair_gptq.build_parser().parse_args(job_args))
+    recorded = json.loads((out / "fair_gptq_run.json").read_text()).get("arguments", {})
+    return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in sorted(wanted.items())
+            if k not in _OUTPUT_ONLY and recorded.get(k) != v]
+
+
 def run_main_job(name: str, out: Path, extra: list[str], args, force: bool = False) -> Path:
     """The main job in a subprocess (fresh memory each time); a finished model folder is reused unless `force`.
 
     The main job keeps its own logs (GPTQModel's gptq_log_*.log included) in `<out>.logs/`."""
-    if (out / "fair_gptq_run.json").is_file() and not force:
-        print(f"[{name}] reusing {out}", flush=True)
-        return out
-    command = [sys.executable, str(ROOT / "example_fair_gptq.py"), "--model", args.model, "--out", str(out),
-               "--overwrite", "--no-generate", "--max-pairs", str(args.pairs), "--batch-size", "2",
-               "--seed", str(args.seed), "--device", args.device, "--log-delta-w", *extra]
+    job_args = ["--model", args.model, "--out", str(out), "--overwrite", "--no-generate", "--max-pairs",
+                str(args.pairs), "--batch-size", "2", "--seed", str(args.seed), "--device", args.device,
+                "--log-delta-w", *extra]
     if args.stereoset:
-        command += ["--stereoset", args.stereoset]
+        job_args += ["--stereoset", args.stereoset]
+    if (out / "fair_gptq_run.json").is_file() and not force:
+        stale = stale_model_arguments(out, job_args)
+        if not stale:
+            print(f"[{name}] reusing {out}", flush=True)
+            return out
+        print(f"[{name}] {out} was quantized with other settings ({', '.join(stale)}): quantizing again", flush=True)
+    command = [sys.executable, str(ROOT / "example_fair_gptq.py"), *job_args]
     print(f"[{name}] quantizing: {' '.join(extra)}", flush=True)
     started = time.time()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -159,6 +178,15 @@ def heldout_pairs(args) -> list[tuple[str, str]]:
     pairs = calibration_pairs(args.stereoset, "stereo-anti", part="eval", max_pairs=args.mechanism_pairs or None,
                               seed=args.seed)
     return pairs.pairs
+
+
+def mechanism_current(path: Path, key: str, fingerprint: str) -> bool:
+    """A stored mechanism.json is reused only for the same job settings and the very same model files."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return stored.get("job_key") == key and stored.get("model_fingerprint") == fingerprint
 
 
 def measure_mechanism(variant: Variant, model_path: Path, fp_path: str, modules: list[str], args) -> dict:
@@ -198,6 +226,7 @@ def code_revision() -> str | None:
 
 def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     """Run one variant's job unless its committed results are complete; True when it ran."""
+    from evaluation.models import model_fingerprint
     from evaluation.store import write_json_atomic
     from fair_gptq.models import resolve_model
 
@@ -211,10 +240,13 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     if variant.kind == "fp":
         evaluate(variant, fp_path, args, out)
     else:
-        model_path = run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args)
+        model_path = run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args,
+                                  force=args.force)
         evaluate(variant, str(model_path), args, out)
-        if not (run_dir / "mechanism.json").is_file() or args.force:
+        fingerprint = model_fingerprint(str(model_path))
+        if not mechanism_current(run_dir / "mechanism.json", key, fingerprint) or args.force:
             result = measure_mechanism(variant, model_path, fp_path, planned_term_modules(args), args)
+            result.update(job_key=key, model_fingerprint=fingerprint)
             write_json_atomic(run_dir / "mechanism.json", result)
             print(f"[{variant.name}] mechanism: ‖QD‖/‖WD‖ = {result['overall']['ratio_all']:.4f} "
                   f"(equal-length pairs {result['overall']['ratio_equal']:.4f})", flush=True)

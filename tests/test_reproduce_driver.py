@@ -106,3 +106,30 @@ def test_study_quick_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, cap
     assert reproduce.main(argv) == 0
     rerun = capsys.readouterr().out
     assert rerun.count("skipped") == 6 and "quantizing" not in rerun and not models.exists()
+
+
+def test_a_model_folder_quantized_with_other_settings_is_not_reused(tmp_path):
+    """The study reuses a model folder only when the main job's recorded arguments are the ones it would pass."""
+    import study_jobs
+
+    sys_args = ["--model", "smollm2-135m", "--out", str(tmp_path), "--overwrite", "--no-generate", "--max-pairs",
+                "256", "--batch-size", "2", "--seed", "0", "--device", "auto", "--log-delta-w", "--alpha", "1"]
+    recorded = {"model": "smollm2-135m", "out": "elsewhere", "overwrite": True, "device": "auto", "dtype": "auto",
+                "alpha": 1.0, "strategy": "all", "select_layer": "", "ignore_bias": None, "sum_hessians": 1,
+                "log_delta_w": True, "log_hessian_sensitivity": False, "bits": 4, "group_size": 128,
+                "desc_act": False, "batch_size": 2, "stereoset": None, "pairs": "stereo-anti", "pairs_file": None,
+                "bias_types": None, "max_pairs": 256, "pair_alignment": "position", "split": "calib", "seed": 0,
+                "prompt": "x", "max_new_tokens": 1, "no_generate": True, "push_to_hub": None, "verbose": False,
+                "dry_run": False}
+    (tmp_path / "fair_gptq_run.json").write_text(json.dumps({"arguments": recorded}))
+    assert study_jobs.stale_model_arguments(tmp_path, sys_args) == []
+    recorded["max_pairs"] = 16  # e.g. left over from a --quick run
+    (tmp_path / "fair_gptq_run.json").write_text(json.dumps({"arguments": recorded}))
+    assert study_jobs.stale_model_arguments(tmp_path, sys_args) == ["max_pairs: 16 -> 256"]
+
+    mechanism_file = tmp_path / "mechanism.json"
+    assert not study_jobs.mechanism_current(mechanism_file, "key", "print")
+    mechanism_file.write_text(json.dumps({"job_key": "key", "model_fingerprint": "print"}))
+    assert study_jobs.mechanism_current(mechanism_file, "key", "print")
+    assert not study_jobs.mechanism_current(mechanism_file, "key", "other print")
+    assert not study_jobs.mechanism_current(mechanism_file, "other key", "print")

@@ -108,6 +108,26 @@ def test_linear_matrix_reads_the_applied_matrix():
     torch.testing.assert_close(mechanism.linear_matrix(linear, 5), linear.weight.detach())
 
 
+def test_linear_matrix_probes_in_the_given_dtype():
+    """A half-precision kernel with a large bias: probing in float16 rounds Q + b (step 2**-8 near |b| = 4)
+    before b is subtracted; probing in the evaluation dtype (float32) recovers Q to float32 precision."""
+    q = (torch.randn(3, 5) * 0.02).half()
+    bias = torch.full((3,), 4.0).half()
+
+    class HalfKernel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scales", torch.ones(1, dtype=torch.float16))
+
+        def forward(self, x):
+            return x @ q.to(x.dtype).T + bias.to(x.dtype)
+
+    half = mechanism.linear_matrix(HalfKernel(), 5)
+    full = mechanism.linear_matrix(HalfKernel(), 5, torch.float32)
+    assert (half - q.float()).abs().max() > 1e-4  # the rounding the dtype argument avoids
+    torch.testing.assert_close(full, q.float(), rtol=0, atol=1e-6)
+
+
 def test_paired_ratio_difference():
     w = [4.0, 4.0, 4.0, 4.0]
     d = mechanism.paired_ratio_difference(w, [4.0] * 4, [1.0] * 4, 200, 0)
