@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import fair_gptq_v7
 from fair_gptq_v7 import FairGPTQConfig
 from fair_gptq_v7.task import FairGPTQ
+from task_helpers import gptq_loss
 
 pytestmark = pytest.mark.slow
 
@@ -136,18 +137,6 @@ def dequantized(tensors, name, bits=4):
     zeros = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & (2 ** bits - 1)).reshape(qzeros.shape[0], -1) + 1
     zeros = zeros[:, : scales.shape[1]]  # the last word of a row may be part padding
     return (scales[g_idx] * (codes - zeros[g_idx]).float()).t()  # [out, in]
-
-
-def gptq_loss(Q, W, H, damp, N):
-    """1/2 tr((Q - W) H_d (Q - W)^T) / N; H_d: dead diagonal -> 1, + damp mean(diag); W's dead columns -> 0."""
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=torch.float64)
-    W = W.double().clone()
-    W[:, dead] = 0
-    E = Q.double() - W
-    return 0.5 * torch.trace(E @ H @ E.t()).item() / N
 
 
 def check_layer0_losses(spy, model_dir, out_dir, log_dir, batch_size, modules, leader_of, alpha=0.3, damp=0.05):

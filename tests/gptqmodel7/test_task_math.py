@@ -10,8 +10,9 @@ from gptqmodel.quantization.config import Fallback, FallbackStrategy
 
 from fair_gptq_v7 import FairGPTQConfig
 from fair_gptq_v7.task import FairGPTQ
+from task_helpers import COLS, feed, padded_batches, reference_shift
 
-ROWS, COLS = 12, 16
+ROWS = 12
 
 
 def make_task(alpha=0.7, sum_hessians=1, name="mlp.fc", layer=0, **cfg):
@@ -25,44 +26,10 @@ def make_task(alpha=0.7, sum_hessians=1, name="mlp.fc", layer=0, **cfg):
     return task, linear.weight.data.clone()
 
 
-def padded_batches(seed=1):
-    """Two batches of 4 sentences, right-padded, of different lengths (two pairs each)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for lengths in ([5, 3, 4, 6], [2, 2, 7, 5]):
-        seq = max(lengths)
-        x = torch.randn(len(lengths), seq, COLS, generator=g)
-        mask = torch.zeros(len(lengths), seq, dtype=torch.bool)
-        for i, n in enumerate(lengths):
-            mask[i, :n] = True
-        out.append((x, mask))
-    return out
-
-
-def feed(task, batches):
-    """What FairGPTQProcessor does per batch: whole batch to fair_add_batch, then one add_batch per sample."""
-    for index, (x, mask) in enumerate(batches):
-        task.fair_add_batch(x, mask, index)
-        for i in range(x.shape[0]):
-            task.add_batch(x[i:i + 1, mask[i]], None, batch_index=index)
-
-
 def closed_form(W, batches, alpha, sum_hessians, damp):
     """W' = W - W H01 M^-1, H = (2/N) sum x x^T over real tokens, H01 = 2 alpha (2/N) sum_pairs d d^T."""
-    W = W.double()
-    rows = torch.cat([x[i][m[i]] for x, m in batches for i in range(x.shape[0])]).double()
-    N = rows.shape[0]
-    H = 2 / N * rows.t() @ rows
-    S01 = torch.zeros(COLS, COLS, dtype=torch.float64)
-    for x, m in batches:
-        for p in range(x.shape[0] // 2):
-            s, a = x[2 * p][m[2 * p]].double(), x[2 * p + 1][m[2 * p + 1]].double()
-            n = min(len(s), len(a))
-            S01 += (s[:n] - a[:n]).t() @ (s[:n] - a[:n])
-    H01 = 2 * alpha * 2 / N * S01
-    M = H + H01 if sum_hessians else H.clone()
-    M += damp * torch.mean(torch.diag(M)) * torch.eye(COLS, dtype=torch.float64)
-    return W - W @ H01 @ torch.linalg.inv(M), H, H01
+    _, H, H01, shifted = reference_shift(W, batches, alpha, damp, sum_hessians)
+    return shifted, H, H01
 
 
 @pytest.mark.parametrize("sum_hessians", [1, 0])
