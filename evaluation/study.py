@@ -9,9 +9,14 @@ bias decrease means little unless it beats what other variants of the *same perp
 (one calibration mode over alpha, starting at plain GPTQ, alpha = 0; or the degradation references, plain
 GPTQ with fewer bits or no groups) is interpolated linearly in log-perplexity; the method's bias at its own
 perplexity is compared with each curve's interpolated bias there. The interval resamples items (the bias
-values of every point of both curves move together); perplexity is treated as fixed (16 windows × 2,048
-tokens measure it to well under the spacing of the curves). No extrapolation: outside a curve's perplexity
-range the comparison is reported as not available.
+values of every point of both curves move together) and, in the same resample, WikiText-2 windows (every
+perplexity recomputed on the same resampled windows), so the interval includes the uncertainty of where the
+method sits on each curve. The curve is the one through its points sorted by perplexity; where perplexity is not
+monotone in alpha (`monotone: false`) that differs from the line drawn in alpha order. No extrapolation: outside
+a curve's perplexity range the comparison is reported as not available.
+
+What no interval here includes: run-to-run variation of the quantization itself (another calibration draw,
+another shuffle); each variant is one quantization run.
 """
 
 from __future__ import annotations
@@ -92,24 +97,60 @@ def interpolate_log_ppl(ppls, values, at_ppl: float):
     return np.array([np.interp(target, x, column) for column in y.T])
 
 
+def resampled_ppl(wiki_run: dict, window_idx: np.ndarray) -> np.ndarray:
+    """Perplexity over resampled WikiText-2 windows (one row of window indices per resample).
+
+    Every window of the GPTQ convention scores the same number of tokens, so the perplexity of a resample is
+    exp(Σ window NLL / (windows × tokens per window))."""
+    metrics_ = wiki_run["metrics"]
+    per_window = metrics_["n_tokens"] / metrics_["n_windows"]
+    if per_window != int(per_window):
+        raise ValueError("the windows score different numbers of tokens; window resampling assumes equal ones")
+    nll = np.asarray(wiki_run["per_item"]["window_nll"], dtype=np.float64)
+    return np.exp(nll[window_idx].sum(axis=1) / (per_window * window_idx.shape[1]))
+
+
 def matched_ppl_difference(method_run: dict, method_ppl: float, curve_runs: list[dict], curve_ppls: list[float],
-                           metric: str, n_resamples: int, seed: int) -> dict:
-    """method − curve(interpolated at the method's perplexity), with a bootstrap over items shared by all."""
+                           metric: str, n_resamples: int, seed: int, method_wiki: dict | None = None,
+                           curve_wikis: list[dict] | None = None) -> dict:
+    """method − curve(interpolated at the method's perplexity), with a bootstrap over items shared by all.
+
+    With the WikiText-2 runs (`method_wiki`, `curve_wikis`: the same windows for every variant) each resample
+    also resamples windows, recomputes every perplexity and interpolates there, so the interval covers the
+    uncertainty of where the method sits on the curve too; resamples where the method falls outside the curve's
+    range are dropped and counted (`resamples_out_of_range`)."""
     if len(curve_runs) < 2:
         raise ValueError("a curve needs at least two points")
     n = _check_same_items([method_run, *curve_runs], metric)
     full = np.arange(n)[None, :]
     point_curve = interpolate_log_ppl(curve_ppls, [resampler(r, metric)(full)[0] for r in curve_runs], method_ppl)
+    order = np.argsort(curve_ppls, kind="stable")
+    monotone = bool(np.all(order == np.arange(len(curve_ppls))))  # perplexity increases along the curve's order
     if point_curve is None:
         side = "below" if method_ppl < min(curve_ppls) else "above"
-        return {"diff": None, "ci": None, "n": n, "curve_value": None, "side": side,
+        return {"diff": None, "ci": None, "n": n, "curve_value": None, "side": side, "monotone": monotone,
                 "note": f"perplexity {method_ppl:.2f} {side} the curve's range "
                         f"[{min(curve_ppls):.2f}, {max(curve_ppls):.2f}]"}
     idx = metrics.bootstrap_indices(n, n_resamples, seed)
     method_values = resampler(method_run, metric)(idx)
-    curve_values = interpolate_log_ppl(curve_ppls, np.stack([resampler(r, metric)(idx) for r in curve_runs]),
-                                       method_ppl)
-    low, high = metrics._percentile_ci(method_values - curve_values)
+    curve_values = np.stack([resampler(r, metric)(idx) for r in curve_runs])
+    out_of_range = 0
+    if method_wiki is not None and curve_wikis is not None:
+        n_windows = len(method_wiki["per_item"]["window_nll"])
+        window_idx = metrics.bootstrap_indices(n_windows, n_resamples, seed + 1)
+        method_ppls = resampled_ppl(method_wiki, window_idx)
+        curve_ppls_resampled = np.stack([resampled_ppl(w, window_idx) for w in curve_wikis])
+        interpolated = np.full(n_resamples, np.nan)
+        for r in range(n_resamples):
+            value = interpolate_log_ppl(curve_ppls_resampled[:, r], curve_values[:, r], float(method_ppls[r]))
+            if value is None:
+                out_of_range += 1
+            else:
+                interpolated[r] = value
+    else:
+        interpolated = interpolate_log_ppl(curve_ppls, curve_values, method_ppl)
+    low, high = metrics._percentile_ci(method_values - interpolated)
     method_point = point_value(method_run, metric)
     return {"diff": method_point - point_curve, "ci": [low, high], "n": n, "curve_value": point_curve,
-            "method_value": method_point}
+            "method_value": method_point, "monotone": monotone, "resamples_out_of_range": out_of_range,
+            "windows_resampled": method_wiki is not None and curve_wikis is not None}

@@ -18,7 +18,8 @@ from evaluation.store import load_runs, write_json_atomic
 
 METHOD = "stereo-anti"
 CONTROLS = ("shuffled", "unrelated", "stereo-anti-eq")
-DEGRADATION = ("gptq", "gptq-g-1", "gptq-3bit")  # references without any pair term
+# no pair term, only loss of precision: FP (none), plain GPTQ, GPTQ without groups, GPTQ at 3 bits
+DEGRADATION = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
 CURVE_STYLE = {"stereo-anti": ("tab:red", "o", (6, 5)), "shuffled": ("tab:blue", "s", (6, -11)),
                "unrelated": ("tab:green", "^", (-28, 5)), "stereo-anti-eq": ("tab:purple", "D", (-28, -11))}
 
@@ -30,20 +31,31 @@ def _read(path: Path):
         return None
 
 
-def load_study(out: Path, variants) -> dict:
-    """{"variants": [Variant...], "runs": {name: {task: run}}, "extra": {name: {job, mechanism, quantization}}}."""
+def load_study(out: Path, variants, keys: dict | None = None) -> dict:
+    """{"variants": [Variant...], "runs": {name: {task: run}}, "extra": {name: {job, mechanism, quantization}}}.
+
+    `keys` (variant -> job key of the current settings): a stored job with another key is stale, reported as
+    such and left out, so that runs of other settings never share a table or a perplexity axis."""
     loaded = load_runs(out)
-    done, missing, extra = [], [], {}
+    done, missing, stale, extra = [], [], [], {}
     for variant in variants:
         run_dir = out / "runs" / variant.name
         job = _read(run_dir / "job.json")
         if job is None:
             missing.append(variant.name)
             continue
+        if keys is not None and job.get("key") != keys.get(variant.name):
+            stale.append(variant.name)
+            continue
         done.append(variant)
         extra[variant.name] = {"job": job, "mechanism": _read(run_dir / "mechanism.json"),
                                "quantization": _read(run_dir / "quantization.json")}
-    return {"variants": done, "missing": missing, "runs": loaded["runs"], "extra": extra}
+    windows = {(loaded["runs"][v.name]["wikitext2"]["metrics"].get("n_windows"),
+                loaded["runs"][v.name]["wikitext2"]["metrics"].get("n_tokens")) for v in done}
+    if len(windows) > 1:
+        raise ValueError(f"the variants' perplexities were measured on different windows/tokens {sorted(windows)}; "
+                         "they cannot share one perplexity axis (rerun the odd ones with the study's settings)")
+    return {"variants": done, "missing": missing, "stale": stale, "runs": loaded["runs"], "extra": extra}
 
 
 def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dict:
@@ -51,9 +63,12 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
     calibration = (extra.get("quantization") or {}).get("calibration", {})
     split = calibration.get("split") or stereo.get("data", {})
     mech = extra.get("mechanism") or {}
+    quantized, paired = variant.kind != "fp", variant.kind == "curve"
     row = {
-        "name": variant.name, "kind": variant.kind, "mode": variant.mode, "pair_alignment": variant.pair_alignment,
-        "alpha": variant.alpha, "bits": variant.bits, "group_size": variant.group_size,
+        "name": variant.name, "kind": variant.kind, "mode": variant.mode,
+        "pair_alignment": variant.pair_alignment if paired else None,  # no pair term: no alignment
+        "alpha": variant.alpha if quantized else None, "bits": variant.bits if quantized else None,
+        "group_size": variant.group_size if quantized else None,
         "n_pairs": calibration.get("n_pairs"), "pairs_sha256": calibration.get("sha256"),
         "split_version": split.get("split_version", 1),
         "crows_n": len(study.item_keys(crows, "crows")),
@@ -96,8 +111,10 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
                 task = study.METRIC_TASK[metric]
                 entry[metric] = study.paired_difference(state["runs"][control.name][task],
                                                         state["runs"][method.name][task], metric, n_boot, seed)
-            mechs = [(state["extra"][n].get("mechanism") or {}).get("per_pair") for n in (control.name, method.name)]
-            if all(mechs):
+            stored = [state["extra"][n].get("mechanism") or {} for n in (control.name, method.name)]
+            mechs = [m.get("per_pair") for m in stored]
+            same_pairs = stored[0].get("pairs_sha256") == stored[1].get("pairs_sha256")
+            if all(mechs) and same_pairs:
                 entry["mechanism_ratio"] = mechanism.paired_ratio_difference(
                     mechs[0]["w"], mechs[0]["q"], mechs[1]["q"], n_boot, seed)
             out.append(entry)
@@ -120,7 +137,9 @@ def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
                 task = study.METRIC_TASK[metric]
                 entry[metric] = study.matched_ppl_difference(
                     state["runs"][method.name][task], rows[method.name]["ppl"],
-                    [state["runs"][n][task] for n in names], [rows[n]["ppl"] for n in names], metric, n_boot, seed)
+                    [state["runs"][n][task] for n in names], [rows[n]["ppl"] for n in names], metric, n_boot, seed,
+                    method_wiki=state["runs"][method.name]["wikitext2"],
+                    curve_wikis=[state["runs"][n]["wikitext2"] for n in names])
             out.append(entry)
     return out
 
@@ -156,18 +175,22 @@ def render_markdown(summary: dict, header: list[str]) -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["variants"]:
         lines.append(
-            f"| {r['name']} | {r['mode'] or '–'} | {r['pair_alignment'] if r['kind'] == 'curve' else '–'} | "
-            f"{r['alpha']:g} | {r['bits'] if r['kind'] != 'fp' else '–'} | "
-            f"{r['group_size'] if r['kind'] != 'fp' else '–'} | {r['n_pairs'] or '–'} | "
+            f"| {r['name']} | {r['mode'] or '–'} | {r['pair_alignment'] or '–'} | "
+            f"{'–' if r['alpha'] is None else format(r['alpha'], 'g')} | {r['bits'] or '–'} | "
+            f"{r['group_size'] or '–'} | {r['n_pairs'] or '–'} | "
             f"{_f(r['crows_pct_stereotype'])} [{_f(r['crows_ci'][0])}, {_f(r['crows_ci'][1])}] | "
             f"{_f(r['stereoset_ss'])} [{_f(r['stereoset_ss_ci'][0])}, {_f(r['stereoset_ss_ci'][1])}] | "
             f"{_f(r['stereoset_lms'])} [{_f(r['stereoset_lms_ci'][0])}, {_f(r['stereoset_lms_ci'][1])}] | "
             f"{_f(r['ppl'])} | {_f(r['mechanism_ratio'], 4)} |")
     if summary["missing"]:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
+    if summary.get("stale"):
+        lines += ["", f"Left out, stored with other settings (stale): {', '.join(summary['stale'])}."]
     lines += ["", "## Same alpha: stereo-anti minus each control (paired bootstrap, same items)", "",
               "Negative CrowS / SS differences mean the method leaves *less* stereotype preference than the control; "
-              "`*` marks a 95 % interval that excludes 0. PPL ratio = method / control.", "",
+              "`*` marks a 95 % interval that excludes 0. Intervals resample items (CrowS pairs, StereoSet items, "
+              "held-out pairs for ‖QD‖/‖WD‖); each variant is a single quantization run, so run-to-run variation "
+              "(another calibration draw, another shuffle) is not in them. PPL ratio = method / control.", "",
               "| α | control | Δ CrowS | Δ SS | Δ LMS | PPL ratio | Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
         cells = [_ci(c[m]) + (" *" if _excludes_zero(c[m]) else "") for m in study.BIAS_METRICS]
@@ -175,19 +198,24 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         lines.append(f"| {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
                      f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
     lines += ["", "## Matched perplexity: stereo-anti minus each curve at the method's perplexity", "",
-              "Each curve is interpolated linearly in log-perplexity between its points (plain GPTQ at α = 0 and the "
-              "mode's α values; the degradation curve: plain GPTQ 4-bit g128, 4-bit without groups, 3-bit g128). "
-              "Intervals resample items; perplexity is held fixed. 'PPL below range': the method's perplexity is "
-              "lower than every point of the curve (it degrades the model less than any of them); 'above': higher; "
-              "no extrapolation.", "",
+              "Each curve is interpolated linearly in log-perplexity between its points sorted by perplexity (plain "
+              "GPTQ at α = 0 and the mode's α values; the degradation curve: FP, plain GPTQ 4-bit g128, 4-bit "
+              "without groups, 3-bit g128, none with a pair term). Intervals resample items and, in the same "
+              "resample, WikiText-2 windows (every perplexity recomputed), so they include where the method sits on "
+              "the curve; resamples that leave the curve's range are dropped (counted in summary.json). 'PPL below "
+              "range': the method's perplexity is lower than every point of the curve; 'above': higher; no "
+              "extrapolation. † marks a curve whose perplexity is not monotone in α (interpolated along the "
+              "perplexity-sorted points, not the α order drawn in the plots).", "",
               "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS |", "|---|---|---|---|---|---|"]
     for m in summary["matched"]:
         cells = [_ci(m[k]) + (" *" if _excludes_zero(m[k]) else "") for k in study.BIAS_METRICS]
-        lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']} | {' | '.join(cells)} |")
+        dagger = "" if m["crows"].get("monotone", True) else " †"
+        lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | {' | '.join(cells)} |")
     lines += ["", "## Mechanism: ‖Q D‖ / ‖W D‖ on held-out pairs", "",
               "D = X_s − X_a: full-precision module inputs on stereotype/anti-stereotype pairs of the `eval` half "
               "(never calibrated on); W: full-precision weights; Q: the variant's dequantized weights; over the modules "
-              "that get the term. Per module: `mechanism_per_module.csv`.", "",
+              "that get the term. Overall = sqrt(Σ‖QD‖² / Σ‖WD‖²) over modules and pairs: energy-weighted, so modules "
+              "with large ‖WD‖ weigh more. Per module: `mechanism_per_module.csv`.", "",
               "| variant | all pairs | equal-length pairs |", "|---|---|---|"]
     for r in summary["variants"]:
         if r["mechanism_ratio"] is not None:
@@ -197,6 +225,12 @@ def render_markdown(summary: dict, header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _yerr(rows: dict, names: list[str], key: str, ci_key: str) -> np.ndarray:
+    """Error bar lengths from the intervals; clipped at 0 (a percentile interval may miss its point estimate)."""
+    return np.array([[max(rows[n][key] - rows[n][ci_key][0], 0.0), max(rows[n][ci_key][1] - rows[n][key], 0.0)]
+                     for n in names]).T
+
+
 def write_plots(summary: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -204,27 +238,32 @@ def write_plots(summary: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     rows = {r["name"]: r for r in summary["variants"]}
+    degradation = sorted((n for n in DEGRADATION if n in rows), key=lambda n: rows[n]["ppl"])
     names = []
     for metric, key, ci_key in (("crows", "crows_pct_stereotype", "crows_ci"), ("ss", "stereoset_ss", "stereoset_ss_ci"),
                                 ("lms", "stereoset_lms", "stereoset_lms_ci")):
-        fig, ax = plt.subplots(figsize=(8, 5.5))
+        fig, ax = plt.subplots(figsize=(9, 6))
+        if len(degradation) >= 2:  # the comparison curve of the matched-perplexity table, as interpolated
+            ax.plot([rows[n]["ppl"] for n in degradation], [rows[n][key] for n in degradation], color="grey",
+                    ls="--", lw=1, label="degradation (no pair term)")
         for mode, (color, marker, offset) in CURVE_STYLE.items():
             members = [n for n in summary["curves"].get(mode, []) if n in rows]
-            if not members:
+            own = [n for n in members if rows[n]["kind"] == "curve"]
+            if not own:
                 continue
-            xs = [rows[n]["ppl"] for n in members]
-            ys = [rows[n][key] for n in members]
-            err = np.array([[y - rows[n][ci_key][0], rows[n][ci_key][1] - y] for n, y in zip(members, ys)]).T
-            ax.errorbar(xs, ys, yerr=err, color=color, marker=marker, capsize=3, lw=1.2, label=mode)
-            for n, x, y in zip(members, xs, ys):
-                if rows[n]["kind"] == "curve":
-                    ax.annotate(f"α={rows[n]['alpha']:g}", (x, y), textcoords="offset points", xytext=offset,
-                                fontsize=8, color=color)
-        for name, marker in (("fp", "*"), ("gptq-g-1", "P"), ("gptq-3bit", "X")):
+            ax.plot([rows[n]["ppl"] for n in members], [rows[n][key] for n in members], color=color, lw=1.2)
+            ax.errorbar([rows[n]["ppl"] for n in own], [rows[n][key] for n in own], yerr=_yerr(rows, own, key, ci_key),
+                        color=color, marker=marker, capsize=3, ls="none", label=mode)
+            for i, n in enumerate(own):  # alternate sides so that neighbouring alphas of one curve do not collide
+                dx, dy = offset
+                ax.annotate(f"α={rows[n]['alpha']:g}", (rows[n]["ppl"], rows[n][key]), textcoords="offset points",
+                            xytext=(dx, dy if i % 2 == 0 else -dy - 6), fontsize=8, color=color)
+        for name, marker, label in (("fp", "*", "FP"), ("gptq", "s", "plain GPTQ (α=0, 4-bit g128)"),
+                                    ("gptq-g-1", "P", "GPTQ 4-bit, no groups"), ("gptq-3bit", "X", "GPTQ 3-bit g128")):
             if name in rows:
                 r = rows[name]
-                ax.errorbar([r["ppl"]], [r[key]], yerr=[[r[key] - r[ci_key][0]], [r[ci_key][1] - r[key]]],
-                            color="black", marker=marker, markersize=10, capsize=3, ls="none", label=name)
+                ax.errorbar([r["ppl"]], [r[key]], yerr=_yerr(rows, [name], key, ci_key), color="black", marker=marker,
+                            markersize=9, capsize=3, ls="none", label=label)
         if metric != "lms":
             ax.axhline(50, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
@@ -249,11 +288,12 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_study_report(out: Path, variants, header: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
-    state = load_study(out, variants)
+def write_study_report(out: Path, variants, header: list[str], n_boot: int = 1000, seed: int = 0,
+                       keys: dict | None = None) -> dict:
+    state = load_study(out, variants, keys)
     rows = {v.name: variant_row(v, state["runs"][v.name], state["extra"][v.name], n_boot, seed)
             for v in state["variants"]}
-    summary = {"variants": list(rows.values()), "missing": state["missing"],
+    summary = {"variants": list(rows.values()), "missing": state["missing"], "stale": state["stale"],
                "curves": {mode: curve(state, mode) for mode in CURVE_STYLE},
                "comparisons": comparisons(state, rows, n_boot, seed), "matched": matched(state, rows, n_boot, seed),
                "mechanism_per_module": mechanism_modules(state), "bootstrap": {"resamples": n_boot, "seed": seed},

@@ -80,6 +80,69 @@ def test_matched_perplexity_difference_by_hand():
     assert study.matched_ppl_difference(method, 5.0, curve, [10.0, 1000.0], "crows", 300, 0)["side"] == "below"
 
 
+def test_paired_interval_is_tighter_than_an_unpaired_one():
+    """B differs from A in one item of 100: in a paired resample the difference is minus the number of copies of
+    that item (Binomial(100, 0.01): 95 % within 0-4); an unpaired bootstrap would spread it over about +-14."""
+    wins = [1, 0] * 50
+    a = crows_run(wins)
+    b = crows_run([0] + wins[1:])  # item 0 flips from stereotype to anti
+    d = study.paired_difference(a, b, "crows", 500, 0)
+    assert d["diff"] == pytest.approx(-1.0)
+    assert -5.0 <= d["ci"][0] <= d["ci"][1] <= 0.0
+
+
+def wiki_run(window_nll, tokens_per_window=4):
+    n = len(window_nll)
+    return {"metrics": {"n_windows": n, "n_tokens": n * tokens_per_window,
+                        "ppl": math.exp(sum(window_nll) / (n * tokens_per_window))},
+            "per_item": {"window_nll": list(window_nll)}}
+
+
+def test_resampled_perplexity_by_hand():
+    run = wiki_run([4.0, 8.0, 12.0])  # per-token NLL 1, 2, 3
+    idx = np.array([[0, 1, 2], [0, 0, 0], [2, 2, 1]])
+    np.testing.assert_allclose(study.resampled_ppl(run, idx), [math.exp(2.0), math.exp(1.0), math.exp(8 / 3)])
+    uneven = {"metrics": {"n_windows": 2, "n_tokens": 7}, "per_item": {"window_nll": [1.0, 2.0]}}
+    with pytest.raises(ValueError, match="different numbers of tokens"):
+        study.resampled_ppl(uneven, idx[:, :2] % 2)
+
+
+def test_matched_difference_with_resampled_windows():
+    """Identical windows everywhere except that each variant's NLL is shifted: perplexities keep their ratios in
+    every resample, so the interpolated point stays where it is and the interval equals the items-only one.
+    A method whose windows disagree with its point estimate widens it instead."""
+    curve = [crows_run([1] * 10 + [0] * 10), crows_run([1] * 8 + [0] * 12)]
+    method = crows_run([1] * 6 + [0] * 14)
+    base = [1.0, 1.5, 2.0, 2.5] * 4
+    log10, log1000, log100 = math.log(10), math.log(1000), math.log(100)
+
+    def shifted(target_log_ppl):  # windows of 4 tokens whose mean per-token NLL is target_log_ppl
+        mean = sum(base) / len(base)
+        return wiki_run([4 * (x - mean + target_log_ppl) for x in base])
+
+    wikis = [shifted(log10), shifted(log1000)]
+    fixed = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    resampled = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
+                                             method_wiki=shifted(log100), curve_wikis=wikis)
+    assert resampled["windows_resampled"] and resampled["resamples_out_of_range"] == 0
+    assert resampled["diff"] == pytest.approx(fixed["diff"])
+    np.testing.assert_allclose(resampled["ci"], fixed["ci"], atol=1e-9)
+    # the method's windows vary differently from the curve's: its perplexity moves along the curve per resample
+    noisy = wiki_run([4 * log100 + 4 * d for d in [-1.0, 1.0] * 8])
+    wider = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
+                                         method_wiki=noisy, curve_wikis=wikis)
+    assert wider["ci"][1] - wider["ci"][0] > fixed["ci"][1] - fixed["ci"][0]
+
+
+def test_non_monotone_curve_is_flagged():
+    runs = [crows_run([1] * 10 + [0] * 10), crows_run([1] * 9 + [0] * 11), crows_run([1] * 8 + [0] * 12)]
+    method = crows_run([1] * 6 + [0] * 14)
+    # alpha order gives perplexities 10, 30, 20: sorted by perplexity the curve is 50 %, 40 % (ppl 20), 45 % (ppl 30)
+    d = study.matched_ppl_difference(method, 20.0, runs, [10.0, 30.0, 20.0], "crows", 100, 0)
+    assert d["monotone"] is False and d["curve_value"] == pytest.approx(40.0)
+    assert study.matched_ppl_difference(method, 20.0, runs, [10.0, 20.0, 30.0], "crows", 100, 0)["monotone"] is True
+
+
 def test_squared_norm_and_ratio_by_hand():
     m = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     d = torch.tensor([[1.0, 1.0], [0.0, 3.0]])  # rows are difference vectors: M d = (1, 2), (0, 6)
