@@ -94,17 +94,15 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
     """
     fp_modules = {name: _submodule(fp_model, name) for name in module_names}
     activation_dtype = quantized_model.get_input_embeddings().weight.dtype  # what evaluation runs in
+    # float64 once, not per pair: squared_norm's .to(float64) is then a no-op (same products, ~10x less work)
     q_matrices = {}
     for name, module in fp_modules.items():
         columns = module.weight.shape[1]
-        q_matrices[name] = linear_matrix(_submodule(quantized_model, name), columns, activation_dtype)
+        q_matrices[name] = linear_matrix(_submodule(quantized_model, name), columns, activation_dtype).double()
         if q_matrices[name].shape != module.weight.shape:
             raise ValueError(f"{name}: quantized matrix {tuple(q_matrices[name].shape)} does not match "
                              f"the full-precision weight {tuple(module.weight.shape)}")
-    w_matrices = {name: m.weight.detach().float().cpu() for name, m in fp_modules.items()}
-    # float64 once, not per pair: squared_norm's .to(float64) is then a no-op (same products, ~10x less work)
-    w_matrices = {name: m.to(torch.float64) for name, m in w_matrices.items()}
-    q_matrices = {name: m.to(torch.float64) for name, m in q_matrices.items()}
+    w_matrices = {name: m.weight.detach().cpu().double() for name, m in fp_modules.items()}
 
     captured: dict[str, torch.Tensor] = {}
 
