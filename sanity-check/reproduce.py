@@ -277,9 +277,8 @@ def study_main(args, argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     if args.list_jobs:
-        passthrough = [a for a in argv if a != "--list-jobs"]
         for variant in variants:
-            print(study_jobs.job_command(variant, passthrough))
+            print(study_jobs.job_command(variant, study_jobs.study_arguments(argv)))
         return 0
     models_dir = Path(args.models_dir or ROOT / "outputs" / "study-models" / Path(args.model).name)
     if not args.report:
@@ -287,7 +286,9 @@ def study_main(args, argv: list[str]) -> int:
             if args.only in (None, variant.name):
                 study_jobs.run_job(variant, args, out, models_dir)
     header = [f"# Fair-GPTQ controlled study: {args.model}", "",
-              f"Command: `python sanity-check/reproduce.py {' '.join(argv)}`  ",
+              f"Command (every job, then this report): `python sanity-check/reproduce.py "
+              f"{' '.join(study_jobs.study_arguments(argv))}`; add `--report` to rebuild the report alone, "
+              f"`--only NAME` to run one variant's job.  ",
               f"Report written: {time.strftime('%Y-%m-%d')}; per-variant dates and versions are in "
               f"`runs/<variant>/job.json` and the per-task files.  ",
               f"Calibration: {args.pairs} pairs per mode from the `calib` half of StereoSet dev (batch size 2, "

@@ -105,6 +105,20 @@ def job_done(run_dir: Path, variant: Variant, key: str) -> bool:
     return job.get("key") == key and all((run_dir / f).is_file() for f in expected_files(variant))
 
 
+def study_arguments(argv: list[str]) -> list[str]:
+    """`argv` without the options that pick what to do (--only NAME, --list-jobs, --report): the arguments that
+    define the study, so a report can name the command that reproduces all of it."""
+    kept, skip_next = [], False
+    for word in argv:
+        if skip_next:
+            skip_next = False
+        elif word == "--only":
+            skip_next = True
+        elif word not in ("--list-jobs", "--report") and not word.startswith("--only="):
+            kept.append(word)
+    return kept
+
+
 def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
     """A shell command for one job, runnable from the repository root by the same interpreter."""
     words = [sys.executable, "sanity-check/reproduce.py", *argv_passthrough, "--only", variant.name]
@@ -118,12 +132,18 @@ def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
 _OUTPUT_ONLY = {"out", "overwrite", "verbose", "dry_run", "prompt", "max_new_tokens", "no_generate", "push_to_hub"}
 
 
-def stale_model_arguments(out: Path, job_args: list[str]) -> list[str]:
-    """The main-job arguments whose recorded value in `out/fair_gptq_run.json` differs from `job_args`'s."""
-    sys.path.insert(0, str(ROOT))
+def _main_job_module():
+    """example_fair_gptq, imported from the repository root (this file lives in sanity-check/)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     import example_fair_gptq
 
-    wanted = vars(example_fair_gptq.build_parser().parse_args(job_args))
+    return example_fair_gptq
+
+
+def stale_model_arguments(out: Path, job_args: list[str]) -> list[str]:
+    """The main-job arguments whose recorded value in `out/fair_gptq_run.json` differs from `job_args`'s."""
+    wanted = vars(_main_job_module().build_parser().parse_args(job_args))
     recorded = json.loads((out / "fair_gptq_run.json").read_text()).get("arguments", {})
     return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in sorted(wanted.items())
             if k not in _OUTPUT_ONLY and recorded.get(k) != v]
@@ -207,9 +227,7 @@ def measure_mechanism(variant: Variant, model_path: Path, fp_path: str, modules:
 
 def planned_term_modules(args) -> list[str]:
     """The module list of a fair run with the study's settings, from the main job's --dry-run plan logic."""
-    sys.path.insert(0, str(ROOT))
-    import example_fair_gptq
-
+    example_fair_gptq = _main_job_module()
     parser = example_fair_gptq.build_parser()
     argv = ["--model", args.model, "--dry-run", "--alpha", "1", "--max-pairs", "2"]
     if args.stereoset:

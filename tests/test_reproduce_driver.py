@@ -70,6 +70,13 @@ def test_study_flags_are_refused_outside_the_study(capsys):
     assert "not a study variant" in capsys.readouterr().err
 
 
+def test_the_report_names_the_command_of_the_whole_study_not_of_one_job():
+    import study_jobs
+
+    argv = ["--out", "r", "--only", "gptq", "--alphas", "1,3", "--report", "--only=fp", "--list-jobs", "--quick"]
+    assert study_jobs.study_arguments(argv) == ["--out", "r", "--alphas", "1,3", "--quick"]
+
+
 @pytest.mark.slow
 def test_study_quick_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, capsys):
     out, models = tmp_path / "study", tmp_path / "models"
@@ -83,6 +90,8 @@ def test_study_quick_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, cap
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 6 and all("--only" in c and "--list-jobs" not in c for c in commands)
 
+    assert reproduce.main(argv + ["--only", "fp"]) == 0
+    assert "reproduce.py " + " ".join(argv) + "`" in (out / "summary.md").read_text()  # not the --only command
     assert reproduce.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = {r["name"]: r for r in summary["variants"]}
