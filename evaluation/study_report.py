@@ -11,17 +11,12 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
-
 from evaluation import mechanism, study
 from evaluation.store import load_runs, write_json_atomic
+from evaluation.study_plots import DEGRADATION, write_plots
 
 METHOD = "stereo-anti"
 CONTROLS = ("shuffled", "unrelated", "stereo-anti-eq")
-# no pair term, only loss of precision: FP (none), plain GPTQ, GPTQ without groups, GPTQ at 3 bits
-DEGRADATION = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
-CURVE_STYLE = {"stereo-anti": ("tab:red", "o", (6, 5)), "shuffled": ("tab:blue", "s", (6, -11)),
-               "unrelated": ("tab:green", "^", (-28, 5)), "stereo-anti-eq": ("tab:purple", "D", (-28, -11))}
 
 
 def _read(path: Path):
@@ -225,60 +220,6 @@ def render_markdown(summary: dict, header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _yerr(rows: dict, names: list[str], key: str, ci_key: str) -> np.ndarray:
-    """Error bar lengths from the intervals; clipped at 0 (a percentile interval may miss its point estimate)."""
-    return np.array([[max(rows[n][key] - rows[n][ci_key][0], 0.0), max(rows[n][ci_key][1] - rows[n][key], 0.0)]
-                     for n in names]).T
-
-
-def write_plots(summary: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {r["name"]: r for r in summary["variants"]}
-    degradation = sorted((n for n in DEGRADATION if n in rows), key=lambda n: rows[n]["ppl"])
-    names = []
-    for metric, key, ci_key in (("crows", "crows_pct_stereotype", "crows_ci"), ("ss", "stereoset_ss", "stereoset_ss_ci"),
-                                ("lms", "stereoset_lms", "stereoset_lms_ci")):
-        fig, ax = plt.subplots(figsize=(9, 6))
-        if len(degradation) >= 2:  # the comparison curve of the matched-perplexity table, as interpolated
-            ax.plot([rows[n]["ppl"] for n in degradation], [rows[n][key] for n in degradation], color="grey",
-                    ls="--", lw=1, label="degradation (no pair term)")
-        for mode, (color, marker, offset) in CURVE_STYLE.items():
-            members = [n for n in summary["curves"].get(mode, []) if n in rows]
-            own = [n for n in members if rows[n]["kind"] == "curve"]
-            if not own:
-                continue
-            ax.plot([rows[n]["ppl"] for n in members], [rows[n][key] for n in members], color=color, lw=1.2)
-            ax.errorbar([rows[n]["ppl"] for n in own], [rows[n][key] for n in own], yerr=_yerr(rows, own, key, ci_key),
-                        color=color, marker=marker, capsize=3, ls="none", label=mode)
-            for i, n in enumerate(own):  # alternate sides so that neighbouring alphas of one curve do not collide
-                dx, dy = offset
-                ax.annotate(f"α={rows[n]['alpha']:g}", (rows[n]["ppl"], rows[n][key]), textcoords="offset points",
-                            xytext=(dx, dy if i % 2 == 0 else -dy - 6), fontsize=8, color=color)
-        for name, marker, label in (("fp", "*", "FP"), ("gptq", "s", "plain GPTQ (α=0, 4-bit g128)"),
-                                    ("gptq-g-1", "P", "GPTQ 4-bit, no groups"), ("gptq-3bit", "X", "GPTQ 3-bit g128")):
-            if name in rows:
-                r = rows[name]
-                ax.errorbar([r["ppl"]], [r[key]], yerr=_yerr(rows, [name], key, ci_key), color="black", marker=marker,
-                            markersize=9, capsize=3, ls="none", label=label)
-        if metric != "lms":
-            ax.axhline(50, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlabel("WikiText-2 perplexity (log scale)")
-        ax.set_ylabel(study.METRIC_LABEL[metric] + " (95 % CI)")
-        ax.set_title(f"{study.METRIC_LABEL[metric]} against perplexity; curves start at plain GPTQ (α=0)")
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        name = f"bias_vs_ppl_{metric}.png"
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        names.append(name)
-    return names
-
-
 def _csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     if rows:
@@ -289,16 +230,16 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def write_study_report(out: Path, variants, header: list[str], n_boot: int = 1000, seed: int = 0,
-                       keys: dict | None = None) -> dict:
+                       keys: dict | None = None, model: str = "") -> dict:
     state = load_study(out, variants, keys)
     rows = {v.name: variant_row(v, state["runs"][v.name], state["extra"][v.name], n_boot, seed)
             for v in state["variants"]}
     summary = {"variants": list(rows.values()), "missing": state["missing"], "stale": state["stale"],
-               "curves": {mode: curve(state, mode) for mode in CURVE_STYLE},
+               "curves": {mode: curve(state, mode) for mode in (METHOD,) + CONTROLS},
                "comparisons": comparisons(state, rows, n_boot, seed), "matched": matched(state, rows, n_boot, seed),
                "mechanism_per_module": mechanism_modules(state), "bootstrap": {"resamples": n_boot, "seed": seed},
                "header": header}
-    summary["plots"] = write_plots(summary, out) if rows else []
+    summary["plots"] = write_plots(summary, out, title_prefix=f"{model}: " if model else "") if rows else []
     write_json_atomic(out / "summary.json", summary)
     flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in summary["variants"]]
     (out / "summary.csv").write_text(_csv_text(flat), encoding="utf-8")

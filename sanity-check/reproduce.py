@@ -296,7 +296,8 @@ def study_main(args, argv: list[str]) -> int:
               f"{'every' if not args.max_items else args.max_items} CrowS-Pairs pair(s) and held-out StereoSet item(s), "
               f"{args.max_windows} WikiText-2 window(s) of {args.seqlen or 2048} tokens."]
     keys = {v.name: study_jobs.job_key(v, study_jobs.study_settings(args)) for v in variants}
-    summary = write_study_report(out, variants, header, n_boot=args.bootstrap, seed=args.seed, keys=keys)
+    summary = write_study_report(out, variants, header, n_boot=args.bootstrap, seed=args.seed, keys=keys,
+                                 model=args.model)
     print(f"study report: {out / 'summary.md'} ({len(summary['variants'])} of {len(variants)} variants finished)",
           flush=True)
     return 0

@@ -1,0 +1,182 @@
+"""The study's bias-against-perplexity plots: every curve, the reference points, 95 % error bars, α labels.
+
+Points of different curves crowd near plain GPTQ (α = 0.1 costs little perplexity), so α labels are placed by
+`place_labels`: each label takes the nearest free spot around its point that overlaps no other label, no marker,
+no legend and stays inside the axes; a thin leader line joins labels that had to move away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evaluation import study
+
+# no pair term, only loss of precision: FP (none), plain GPTQ, GPTQ without groups, GPTQ at 3 bits
+DEGRADATION = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
+CURVE_STYLE = {"stereo-anti": ("tab:red", "o"), "shuffled": ("tab:blue", "s"),
+               "unrelated": ("tab:green", "^"), "stereo-anti-eq": ("tab:purple", "D")}
+REFERENCE_STYLE = (("fp", "*", "FP"), ("gptq", "s", "plain GPTQ (α=0, 4-bit g128)"),
+                   ("gptq-g-1", "P", "GPTQ 4-bit, no groups"), ("gptq-3bit", "X", "GPTQ 3-bit g128"))
+MARKER_HALF_PX = 7  # half the side of the box a marker occupies, in pixels
+
+
+def _overlaps(box, boxes) -> bool:
+    return any(box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1 for b in boxes)
+
+
+def _inside(box, frame) -> bool:
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+
+def place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: int = 8) -> list:
+    """Annotate (x, y, text, color) points so that no two labels, and no label and marker, overlap.
+
+    Tries offsets on rings of growing radius around the point (right, above, left, below first); a label that
+    finds no free spot in the rings takes the candidate with the least overlap. Returns the annotations."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = ax.transData.transform(np.array([[x, y] for x, y, _, _ in labels])) if labels else np.zeros((0, 2))
+    taken = [Bbox.from_extents(px - MARKER_HALF_PX, py - MARKER_HALF_PX, px + MARKER_HALF_PX, py + MARKER_HALF_PX)
+             for px, py in points]
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    angles = np.deg2rad([0, 180, 90, 270, 45, 135, 225, 315, 20, 160, 200, 340])
+    candidates = [(r * np.cos(a), r * np.sin(a)) for r in (10, 18, 28, 40, 55, 75) for a in angles]
+    annotations = []
+    for (x, y, text, color) in labels:
+        best, best_cost = None, None
+        for dx, dy in candidates:
+            # anchor the text on the side facing away from the point so the offset is the gap to the text
+            ha = "left" if dx > 1 else "right" if dx < -1 else "center"
+            va = "bottom" if dy > 1 else "top" if dy < -1 else "center"
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset pixels", ha=ha, va=va,
+                               fontsize=fontsize, color=color)
+            box = note.get_window_extent(renderer).padded(1)
+            cost = sum(_overlaps(box, [b]) for b in taken) + (0 if _inside(box, frame) else 100)
+            if cost == 0:
+                best, best_cost = note, 0
+                break
+            if best_cost is None or cost < best_cost:
+                if best is not None:
+                    best.remove()
+                best, best_cost = note, cost
+            else:
+                note.remove()
+        if np.hypot(*best.xyann) > 12:  # moved away from its point: draw a leader line
+            best.remove()
+            best = ax.annotate(text, (x, y), xytext=best.xyann, textcoords="offset pixels", ha=best.get_ha(),
+                               va=best.get_va(), fontsize=fontsize, color=color,
+                               arrowprops=dict(arrowstyle="-", color=color, lw=0.5, shrinkA=0, shrinkB=3))
+        taken.append(best.get_window_extent(renderer).padded(1))
+        annotations.append(best)
+    return annotations
+
+
+def _yerr(rows: dict, names: list[str], key: str, ci_key: str) -> np.ndarray:
+    """Error bar lengths from the intervals; clipped at 0 (a percentile interval may miss its point estimate)."""
+    return np.array([[max(rows[n][key] - rows[n][ci_key][0], 0.0), max(rows[n][ci_key][1] - rows[n][key], 0.0)]
+                     for n in names]).T
+
+
+ZOOM_PPL_FACTOR = 1.8  # the zoomed panel spans FP up to this multiple of plain GPTQ's perplexity
+
+
+def _zoom_range(rows: dict) -> tuple[float, float] | None:
+    """x-limits of the panel around the crowded low-alpha points; None when nothing lies beyond it."""
+    if "gptq" not in rows:
+        return None
+    high = rows["gptq"]["ppl"] * ZOOM_PPL_FACTOR
+    if max(r["ppl"] for r in rows.values()) <= high:
+        return None
+    return rows["gptq"]["ppl"] / 1.05, high  # every curve starts at plain GPTQ; FP stays on the full panel
+
+
+def _draw_panel(ax, summary: dict, rows: dict, degradation: list[str], key: str, ci_key: str,
+                xlim: tuple[float, float] | None, labelled) -> list[tuple[float, float, str, str]]:
+    """Curves, reference points and error bars on one axes; returns the alpha labels of the points whose
+    perplexity `labelled` accepts (the full panel leaves the zoomed region's labels to the zoom panel)."""
+    if len(degradation) >= 2:  # the comparison curve of the matched-perplexity table, as interpolated
+        ax.plot([rows[n]["ppl"] for n in degradation], [rows[n][key] for n in degradation], color="grey",
+                ls="--", lw=1, label="degradation (no pair term)")
+    labels = []
+    for mode, (color, marker) in CURVE_STYLE.items():
+        members = [n for n in summary["curves"].get(mode, []) if n in rows]
+        own = [n for n in members if rows[n]["kind"] == "curve"]
+        if not own:
+            continue
+        ax.plot([rows[n]["ppl"] for n in members], [rows[n][key] for n in members], color=color, lw=1.2)
+        ax.errorbar([rows[n]["ppl"] for n in own], [rows[n][key] for n in own], yerr=_yerr(rows, own, key, ci_key),
+                    color=color, marker=marker, capsize=3, ls="none", label=mode)
+        labels += [(rows[n]["ppl"], rows[n][key], f"α={rows[n]['alpha']:g}", color) for n in own
+                   if labelled(rows[n]["ppl"])]
+    for name, marker, label in REFERENCE_STYLE:
+        if name in rows:
+            r = rows[name]
+            ax.errorbar([r["ppl"]], [r[key]], yerr=_yerr(rows, [name], key, ci_key), color="black", marker=marker,
+                        markersize=9, capsize=3, ls="none", label=label)
+    ax.set_xscale("log")
+    if xlim is not None:  # y-autoscaling would also fit the points outside the panel
+        ax.set_xlim(*xlim)
+        visible = [r for r in rows.values() if xlim[0] <= r["ppl"] <= xlim[1] and r[key] is not None]
+        low = min(min(r[ci_key][0], r[key]) for r in visible)
+        high = max(max(r[ci_key][1], r[key]) for r in visible)
+        pad = 0.06 * (high - low or 1.0)
+        ax.set_ylim(low - pad, high + pad)
+    return labels
+
+
+def write_plots(summary: dict, out: Path, title_prefix: str = "") -> list[str]:
+    """One PNG per bias metric; returns the file names.
+
+    When some variants lie far beyond plain GPTQ in perplexity, a second panel zooms on GPTQ ... 1.8x GPTQ, where
+    the low-alpha points of every curve crowd together and cannot be told apart on the full axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    rows = {r["name"]: r for r in summary["variants"]}
+    degradation = sorted((n for n in DEGRADATION if n in rows), key=lambda n: rows[n]["ppl"])
+    zoom = _zoom_range(rows)
+    names = []
+    for metric, key, ci_key in (("crows", "crows_pct_stereotype", "crows_ci"), ("ss", "stereoset_ss", "stereoset_ss_ci"),
+                                ("lms", "stereoset_lms", "stereoset_lms_ci")):
+        def in_zoom(ppl):
+            return zoom is not None and zoom[0] <= ppl <= zoom[1]
+
+        panels = [(None, lambda ppl: not in_zoom(ppl))] + ([(zoom, in_zoom)] if zoom else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels) + 3, 7), squeeze=False)
+        axes = list(axes[0])
+        all_labels = [_draw_panel(ax, summary, rows, degradation, key, ci_key, xlim, labelled)
+                      for ax, (xlim, labelled) in zip(axes, panels)]
+        for ax, (xlim, _) in zip(axes, panels):
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            if xlim is not None:  # a narrow log axis has few decades: label the minor ticks as well
+                ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            if metric != "lms":
+                ax.axhline(50, color="grey", lw=0.8, ls=":")
+            ax.set_xlabel("WikiText-2 perplexity (log scale)")
+            ax.set_ylabel(study.METRIC_LABEL[metric] + " (95 % CI)")
+            ax.set_title(("all variants" + ("; α labels of the shaded range: right" if zoom else "")) if xlim is None
+                         else f"zoom: plain GPTQ to {ZOOM_PPL_FACTOR:g} × its perplexity")
+        if zoom:
+            axes[0].axvspan(*zoom, color="0.92", zorder=0)
+        fig.suptitle(f"{title_prefix}{study.METRIC_LABEL[metric]} against perplexity; "
+                     "curves start at plain GPTQ (α=0)")
+        axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.tight_layout()
+        for ax, labels in zip(axes, all_labels):
+            place_labels(ax, labels)
+        name = f"bias_vs_ppl_{metric}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+    return names
