@@ -61,6 +61,8 @@ def place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: int 
             box = note.get_window_extent(renderer).padded(1)
             cost = sum(_overlaps(box, [b]) for b in taken) + (0 if _inside(box, frame) else 100)
             if cost == 0:
+                if best is not None:  # drop the best overlapping candidate kept so far
+                    best.remove()
                 best, best_cost = note, 0
                 break
             if best_cost is None or cost < best_cost:
@@ -85,17 +87,19 @@ def _yerr(rows: dict, names: list[str], key: str, ci_key: str) -> np.ndarray:
                      for n in names]).T
 
 
-ZOOM_PPL_FACTOR = 1.8  # the zoomed panel spans FP up to this multiple of plain GPTQ's perplexity
+ZOOM_PPL_FACTOR = 1.8  # the zoomed panel spans plain GPTQ up to this multiple of its perplexity
+ZOOM_MIN_POINTS = 3  # variants besides plain GPTQ that must lie in that range for the panel to be drawn
 
 
 def _zoom_range(rows: dict) -> tuple[float, float] | None:
     """x-limits of the panel around the crowded low-alpha points; None when nothing lies beyond it."""
     if "gptq" not in rows:
         return None
-    high = rows["gptq"]["ppl"] * ZOOM_PPL_FACTOR
-    if max(r["ppl"] for r in rows.values()) <= high:
-        return None
-    return rows["gptq"]["ppl"] / 1.05, high  # every curve starts at plain GPTQ; FP stays on the full panel
+    low, high = rows["gptq"]["ppl"] / 1.05, rows["gptq"]["ppl"] * ZOOM_PPL_FACTOR  # FP stays on the full panel
+    crowded = sum(low <= r["ppl"] <= high for n, r in rows.items() if n != "gptq")
+    if max(r["ppl"] for r in rows.values()) <= high or crowded < ZOOM_MIN_POINTS:
+        return None  # one panel shows everything, or the range holds too few points to be worth a panel
+    return low, high
 
 
 def _draw_panel(ax, summary: dict, rows: dict, degradation: list[str], key: str, ci_key: str,

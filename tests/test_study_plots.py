@@ -29,6 +29,7 @@ def test_place_labels_keeps_crowded_labels_apart_and_inside():
     boxes = [Text.get_window_extent(n, renderer) for n in notes]
     frame = ax.get_window_extent(renderer)
     assert len(notes) == len(points)
+    assert len(ax.texts) == len(points)  # no candidate tried on the way is left drawn
     for a, b in itertools.combinations(boxes, 2):
         assert not _boxes_overlap(a, b)
     for box in boxes:
@@ -41,9 +42,12 @@ def _row(name, ppl):
 
 
 def test_zoom_range_from_plain_gptq_only_when_points_lie_beyond():
-    rows = {n: _row(n, p) for n, p in [("fp", 20.0), ("gptq", 40.0), ("a", 60.0), ("b", 500.0)]}
+    rows = {n: _row(n, p) for n, p in [("fp", 20.0), ("gptq", 40.0), ("a", 60.0), ("c", 45.0), ("d", 70.0),
+                                       ("b", 500.0)]}
     low, high = study_plots._zoom_range(rows)
     assert low == pytest.approx(40.0 / 1.05) and high == pytest.approx(72.0)  # 1.8 x 40
     near = {n: _row(n, p) for n, p in [("fp", 20.0), ("gptq", 40.0), ("a", 70.0)]}
     assert study_plots._zoom_range(near) is None  # nothing beyond 72: one panel shows everything
     assert study_plots._zoom_range({"fp": _row("fp", 20.0), "a": _row("a", 900.0)}) is None  # no GPTQ to zoom on
+    sparse = {n: _row(n, p) for n, p in [("fp", 20.0), ("gptq", 40.0), ("a", 60.0), ("c", 45.0), ("b", 500.0)]}
+    assert study_plots._zoom_range(sparse) is None  # two points near GPTQ (FP is below the range) need no panel
