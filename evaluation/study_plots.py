@@ -22,10 +22,6 @@ REFERENCE_STYLE = (("fp", "*", "FP"), ("gptq", "s", "plain GPTQ (α=0, 4-bit g12
 MARKER_HALF_PX = 7  # half the side of the box a marker occupies, in pixels
 
 
-def _overlaps(box, boxes) -> bool:
-    return any(box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1 for b in boxes)
-
-
 def _inside(box, frame) -> bool:
     return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
 
@@ -59,7 +55,7 @@ def place_labels(ax, labels: list[tuple[float, float, str, str]], fontsize: int 
             note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset pixels", ha=ha, va=va,
                                fontsize=fontsize, color=color)
             box = note.get_window_extent(renderer).padded(1)
-            cost = sum(_overlaps(box, [b]) for b in taken) + (0 if _inside(box, frame) else 100)
+            cost = sum(box.overlaps(b) for b in taken) + (0 if _inside(box, frame) else 100)
             if cost == 0:
                 if best is not None:  # drop the best overlapping candidate kept so far
                     best.remove()
@@ -92,7 +88,8 @@ ZOOM_MIN_POINTS = 3  # variants besides plain GPTQ that must lie in that range f
 
 
 def _zoom_range(rows: dict) -> tuple[float, float] | None:
-    """x-limits of the panel around the crowded low-alpha points; None when nothing lies beyond it."""
+    """x-limits of the panel around the crowded low-alpha points; None when nothing lies beyond that range or
+    fewer than ZOOM_MIN_POINTS variants besides plain GPTQ lie in it."""
     if "gptq" not in rows:
         return None
     low, high = rows["gptq"]["ppl"] / 1.05, rows["gptq"]["ppl"] * ZOOM_PPL_FACTOR  # FP stays on the full panel
@@ -150,13 +147,14 @@ def write_plots(summary: dict, out: Path, title_prefix: str = "") -> list[str]:
     rows = {r["name"]: r for r in summary["variants"]}
     degradation = sorted((n for n in DEGRADATION if n in rows), key=lambda n: rows[n]["ppl"])
     zoom = _zoom_range(rows)
+
+    def in_zoom(ppl):
+        return zoom is not None and zoom[0] <= ppl <= zoom[1]
+
+    panels = [(None, lambda ppl: not in_zoom(ppl))] + ([(zoom, in_zoom)] if zoom else [])
     names = []
     for metric, key, ci_key in (("crows", "crows_pct_stereotype", "crows_ci"), ("ss", "stereoset_ss", "stereoset_ss_ci"),
                                 ("lms", "stereoset_lms", "stereoset_lms_ci")):
-        def in_zoom(ppl):
-            return zoom is not None and zoom[0] <= ppl <= zoom[1]
-
-        panels = [(None, lambda ppl: not in_zoom(ppl))] + ([(zoom, in_zoom)] if zoom else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels) + 3, 7), squeeze=False)
         axes = list(axes[0])
         all_labels = [_draw_panel(ax, summary, rows, degradation, key, ci_key, xlim, labelled)
