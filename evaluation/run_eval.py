@@ -181,7 +181,9 @@ def task_settings(task: str, args, path: str, data: dict, device: str, dtype: st
     """Everything that changes a (model, task) result; a stored run is reused only on equality."""
     from evaluation.models import model_fingerprint
 
-    settings = {"task": task, "scoring_version": SCORING_VERSION, "model_path": path,
+    from fair_gptq.paths import portable_path
+
+    settings = {"task": task, "scoring_version": SCORING_VERSION, "model_path": portable_path(path),
                 "model_fingerprint": model_fingerprint(path), "device": device.split(":")[0], "dtype": dtype,
                 "gptq_backend": args.gptq_backend}
     if task == "crows_pairs":
@@ -317,6 +319,7 @@ def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
     from evaluation.lm_eval_bridge import LmEvalUnavailable, unavailable_lines
     from evaluation.models import load_model
     from evaluation.store import RUN_FORMAT, reusable_run, run_path, write_json_atomic
+    from fair_gptq.paths import portable_record
 
     runs, pending = {}, []
     for task in plan.tasks:
@@ -350,6 +353,7 @@ def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
             seconds=round(time.perf_counter() - started, 2), versions=_versions(),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        record = portable_record(record)  # data files and model folders by name, never this machine's path
         write_json_atomic(run_path(out, name, task), record)
         runs[task] = record
         print(f"{name} {task}: {summary_line(task, record)} [{record['seconds']:.1f}s]", flush=True)

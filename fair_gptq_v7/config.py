@@ -100,6 +100,18 @@ class FairGPTQConfig(GPTQConfig):
         # BaseQModel.quantize asks this right before it builds its processors: the last moment to refuse a
         # Fair run that would otherwise quietly be plain GPTQ
         if self.fair_enabled():
-            from .hooks import require_installed
-            require_installed()
+            _require_fair_processor()
         return super().uses_weight_only_lifecycle()
+
+
+def _require_fair_processor():
+    """Refuse a Fair run while GPTQModel's stock processor is in place (it would quantize without the term).
+
+    Reads the marker the hooks module's classes carry instead of importing that module, which imports this one."""
+    import gptqmodel.looper.gptq_processor as gptq_processor
+
+    if not all(getattr(gptq_processor, name, None) is not None
+               and getattr(getattr(gptq_processor, name), "FAIR_GPTQ", False) for name in ("GPTQ", "GPTQProcessor")):
+        raise RuntimeError("Fair-GPTQ: this FairGPTQConfig asks for the paired term (alpha > 0), but GPTQModel's "
+                           "stock GPTQ processor is in place, which would run plain GPTQ. Call "
+                           "fair_gptq_v7.install() first, or quantize with fair_gptq_v7.quantize(model, ...).")

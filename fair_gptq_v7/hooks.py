@@ -30,6 +30,8 @@ def _fair_enabled(qcfg) -> bool:
 class FairGPTQProcessor(_ORIGINAL_PROCESSOR):
     """GPTQProcessor that sees each calibration batch whole at the forward hook and hands its pairs to the task."""
 
+    FAIR_GPTQ = True  # the marker FairGPTQConfig checks before a Fair run (config.py does not import this module)
+
     def __init__(self, *args, **kwargs):
         qcfg = kwargs.get("qcfg")
         if _fair_enabled(qcfg):
@@ -120,8 +122,3 @@ def installed() -> bool:
     return gptq_processor.GPTQ is FairGPTQ and gptq_processor.GPTQProcessor is FairGPTQProcessor
 
 
-def require_installed():
-    if not installed():
-        raise RuntimeError("Fair-GPTQ: this FairGPTQConfig asks for the paired term (alpha > 0), but GPTQModel's "
-                           "stock GPTQ processor is in place, which would run plain GPTQ. Call "
-                           "fair_gptq_v7.install() first, or quantize with fair_gptq_v7.quantize(model, ...).")

@@ -53,6 +53,8 @@ log = setup_logger()
 
 
 class FairGPTQ(GPTQ):
+    FAIR_GPTQ = True  # the marker FairGPTQConfig checks before a Fair run
+
     def __init__(self, module, qcfg=None, region_timer=None):
         super().__init__(module, qcfg=qcfg, region_timer=region_timer)
         named = self._named_module is not None

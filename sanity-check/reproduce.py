@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 def study_main(args, argv: list[str]) -> int:
     """The controlled study: list, run one or all jobs, and write the report from whatever is finished."""
     import study_jobs
-    from evaluation.study_report import write_study_report
+    from study.report import write_study_report
 
     if args.quick:
         args.pairs, args.max_items = args.pairs or 16, args.max_items or 100

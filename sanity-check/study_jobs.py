@@ -1,7 +1,7 @@
 """The controlled study: its variants, one job per variant, and resuming from committed results.
 
 A job quantizes one variant with the main job (a subprocess: fresh memory), evaluates it on every task, measures
-the mechanism (evaluation.mechanism) and writes, under `<out>/runs/<variant>/`:
+the mechanism (study/mechanism.py) and writes, under `<out>/runs/<variant>/`:
     crows_pairs.json  stereoset.json  wikitext2.json   per-task results with per-item scores (evaluation.store)
     mechanism.json                                       ‖QD‖/‖WD‖ on held-out pairs (not for fp)
     quantization.json                                    the main job's fair_gptq_run.json (not for fp)
@@ -210,7 +210,7 @@ def mechanism_current(path: Path, key: str, fingerprint: str) -> bool:
 
 
 def measure_mechanism(variant: Variant, model_path: Path, fp_path: str, modules: list[str], args) -> dict:
-    from evaluation import mechanism
+    from study import mechanism
     from evaluation.models import load_model
 
     fp = load_model(fp_path, name="fp", device=args.device)
@@ -247,6 +247,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     from evaluation.models import model_fingerprint
     from evaluation.store import write_json_atomic
     from fair_gptq.models import resolve_model
+    from fair_gptq.paths import portable_record
 
     run_dir = out / "runs" / variant.name
     key = job_key(variant, study_settings(args))
@@ -269,10 +270,10 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
             print(f"[{variant.name}] mechanism: ‖QD‖/‖WD‖ = {result['overall']['ratio_all']:.4f} "
                   f"(equal-length pairs {result['overall']['ratio_equal']:.4f})", flush=True)
         record = json.loads((model_path / "fair_gptq_run.json").read_text())
-        write_json_atomic(run_dir / "quantization.json", record)
-    write_json_atomic(run_dir / "job.json", {"format": JOB_FORMAT, "key": key, "variant": asdict(variant),
-                                             "settings": study_settings(args), "code_revision": code_revision(),
-                                             "seconds": round(time.time() - started),
-                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        write_json_atomic(run_dir / "quantization.json", portable_record(record))
+    write_json_atomic(run_dir / "job.json", portable_record(
+        {"format": JOB_FORMAT, "key": key, "variant": asdict(variant), "settings": study_settings(args),
+         "code_revision": code_revision(), "seconds": round(time.time() - started),
+         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     print(f"[{variant.name}] job done in {time.time() - started:.0f} s", flush=True)
     return True

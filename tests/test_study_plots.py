@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from evaluation import study_plots  # noqa: E402
+from study import plots as study_plots  # noqa: E402
 
 
 def _boxes_overlap(a, b) -> bool:

@@ -9,7 +9,7 @@ logits into per-sentence log-likelihoods. Tokens = scored tokens (sentence token
 the same count for both. Each path is timed ``--repeats`` times, alternating which goes first, and the
 fastest run of each is reported (a shared machine is noisy). Target: engine / bare >= 0.8.
 
-    python evaluation/bench_scoring.py --max-pairs 200 --batch-size 16
+    python benchmarks/bench_scoring.py --max-pairs 200 --batch-size 16
 """
 
 from __future__ import annotations

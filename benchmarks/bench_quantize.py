@@ -5,7 +5,7 @@ Each configuration runs in its own subprocess, so its peak resident memory (ru_m
 the pristine upstream gptq.py that install_overlay.sh keeps as gptq.py.upstream. Prints wall time of
 `quantize()` and peak memory, with ratios against stock measured in the same run.
 
-    python evaluation/bench_quantize.py --model smollm2-135m --pairs 128
+    python benchmarks/bench_quantize.py --model smollm2-135m --pairs 128
 """
 from __future__ import annotations
 
@@ -120,7 +120,9 @@ def main(argv=None) -> int:
         print(f"{config:<10} {best[config]['seconds']:>11.1f} {best[config]['seconds'] / stock['seconds']:>8.3f} "
               f"{peak[config]:>13.0f} {peak[config] / peak['stock']:>8.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results}, indent=2))
+        from fair_gptq.paths import portable_record
+
+        Path(args.json).write_text(json.dumps(portable_record({"args": vars(args), "runs": results}), indent=2))
     return 0
 
 

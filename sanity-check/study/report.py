@@ -11,9 +11,10 @@ import io
 import json
 from pathlib import Path
 
-from evaluation import mechanism, study
+from evaluation.crows_version import csv_version
 from evaluation.store import load_runs, write_json_atomic
-from evaluation.study_plots import DEGRADATION, write_plots
+from study import analysis, mechanism
+from study.plots import DEGRADATION, write_plots
 
 METHOD = "stereo-anti"
 CONTROLS = ("shuffled", "unrelated", "stereo-anti-eq")
@@ -66,14 +67,16 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
         "group_size": variant.group_size if quantized else None,
         "n_pairs": calibration.get("n_pairs"), "pairs_sha256": calibration.get("sha256"),
         "split_version": split.get("split_version", 1),
-        "crows_n": len(study.item_keys(crows, "crows")),
-        "crows_data": crows.get("data", {}).get("version") or crows.get("data", {}).get("source"),
-        "crows_pct_stereotype": study.point_value(crows, "crows"),
-        "crows_ci": study.interval(crows, "crows", n_boot, seed),
-        "stereoset_n": len(study.item_keys(stereo, "ss")),
-        "stereoset_ss": study.point_value(stereo, "ss"), "stereoset_ss_ci": study.interval(stereo, "ss", n_boot, seed),
-        "stereoset_lms": study.point_value(stereo, "lms"),
-        "stereoset_lms_ci": study.interval(stereo, "lms", n_boot, seed),
+        "crows_n": len(analysis.item_keys(crows, "crows")),
+        # named by version (from the checksum) and sha256, never by the path of the machine that ran the job
+        "crows_data": crows.get("data", {}).get("version") or csv_version(crows.get("data", {}).get("sha256")),
+        "crows_sha256": crows.get("data", {}).get("sha256"),
+        "crows_pct_stereotype": analysis.point_value(crows, "crows"),
+        "crows_ci": analysis.interval(crows, "crows", n_boot, seed),
+        "stereoset_n": len(analysis.item_keys(stereo, "ss")),
+        "stereoset_ss": analysis.point_value(stereo, "ss"), "stereoset_ss_ci": analysis.interval(stereo, "ss", n_boot, seed),
+        "stereoset_lms": analysis.point_value(stereo, "lms"),
+        "stereoset_lms_ci": analysis.interval(stereo, "lms", n_boot, seed),
         "ppl": wiki["metrics"]["ppl"], "ppl_tokens": wiki["metrics"].get("n_tokens"),
         "ppl_windows": wiki["metrics"].get("n_windows"),
         "mechanism_ratio": mech.get("overall", {}).get("ratio_all"),
@@ -102,9 +105,9 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
         for control in partners:
             entry = {"alpha": method.alpha, "method": method.name, "control": control.name,
                      "ppl_ratio": rows[method.name]["ppl"] / rows[control.name]["ppl"]}
-            for metric in study.BIAS_METRICS:
-                task = study.METRIC_TASK[metric]
-                entry[metric] = study.paired_difference(state["runs"][control.name][task],
+            for metric in analysis.BIAS_METRICS:
+                task = analysis.METRIC_TASK[metric]
+                entry[metric] = analysis.paired_difference(state["runs"][control.name][task],
                                                         state["runs"][method.name][task], metric, n_boot, seed)
             stored = [state["extra"][n].get("mechanism") or {} for n in (control.name, method.name)]
             mechs = [m.get("per_pair") for m in stored]
@@ -128,9 +131,9 @@ def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
                 continue
             entry = {"alpha": method.alpha, "method": method.name, "curve": label, "curve_variants": names,
                      "method_ppl": rows[method.name]["ppl"]}
-            for metric in study.BIAS_METRICS:
-                task = study.METRIC_TASK[metric]
-                entry[metric] = study.matched_ppl_difference(
+            for metric in analysis.BIAS_METRICS:
+                task = analysis.METRIC_TASK[metric]
+                entry[metric] = analysis.matched_ppl_difference(
                     state["runs"][method.name][task], rows[method.name]["ppl"],
                     [state["runs"][n][task] for n in names], [rows[n]["ppl"] for n in names], metric, n_boot, seed,
                     method_wiki=state["runs"][method.name]["wikitext2"],
@@ -188,7 +191,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "(another calibration draw, another shuffle) is not in them. PPL ratio = method / control.", "",
               "| α | control | Δ CrowS | Δ SS | Δ LMS | PPL ratio | Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
-        cells = [_ci(c[m]) + (" *" if _excludes_zero(c[m]) else "") for m in study.BIAS_METRICS]
+        cells = [_ci(c[m]) + (" *" if _excludes_zero(c[m]) else "") for m in analysis.BIAS_METRICS]
         mech = c.get("mechanism_ratio")
         lines.append(f"| {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
                      f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
@@ -203,7 +206,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "perplexity-sorted points, not the α order drawn in the plots).", "",
               "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS |", "|---|---|---|---|---|---|"]
     for m in summary["matched"]:
-        cells = [_ci(m[k]) + (" *" if _excludes_zero(m[k]) else "") for k in study.BIAS_METRICS]
+        cells = [_ci(m[k]) + (" *" if _excludes_zero(m[k]) else "") for k in analysis.BIAS_METRICS]
         dagger = "" if m["crows"].get("monotone", True) else " †"
         lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | {' | '.join(cells)} |")
     lines += ["", "## Mechanism: ‖Q D‖ / ‖W D‖ on held-out pairs", "",

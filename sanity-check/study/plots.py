@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import study
+from study import analysis
 
 # no pair term, only loss of precision: FP (none), plain GPTQ, GPTQ without groups, GPTQ at 3 bits
 DEGRADATION = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
@@ -166,12 +166,12 @@ def write_plots(summary: dict, out: Path, title_prefix: str = "") -> list[str]:
             if metric != "lms":
                 ax.axhline(50, color="grey", lw=0.8, ls=":")
             ax.set_xlabel("WikiText-2 perplexity (log scale)")
-            ax.set_ylabel(study.METRIC_LABEL[metric] + " (95 % CI)")
+            ax.set_ylabel(analysis.METRIC_LABEL[metric] + " (95 % CI)")
             ax.set_title(("all variants" + ("; α labels of the shaded range: right" if zoom else "")) if xlim is None
                          else f"zoom: plain GPTQ to {ZOOM_PPL_FACTOR:g} × its perplexity")
         if zoom:
             axes[0].axvspan(*zoom, color="0.92", zorder=0)
-        fig.suptitle(f"{title_prefix}{study.METRIC_LABEL[metric]} against perplexity; "
+        fig.suptitle(f"{title_prefix}{analysis.METRIC_LABEL[metric]} against perplexity; "
                      "curves start at plain GPTQ (α=0)")
         axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
