@@ -218,3 +218,31 @@ def test_measure_on_stories260k(stories260k_dir):
     w0, w1 = (result["modules"][n]["w_all"] for n in names)
     expected_overall = math.sqrt((w0 + 0.25 * w1) / (w0 + w1))
     assert result["overall"]["ratio_all"] == pytest.approx(expected_overall)
+
+
+def test_distance_from_50_judges_scores_on_both_sides_of_50():
+    """A at 60 % and B at 45 %: B is 15 points lower (signed) but only 5 points closer to 50 (10 -> 5)."""
+    a, b = crows_run([1] * 60 + [0] * 40), crows_run([1] * 45 + [0] * 55)
+    d = analysis.paired_difference(a, b, "crows", 400, 0)
+    assert d["diff"] == pytest.approx(-15.0)
+    assert d["distance"]["diff"] == pytest.approx(5.0 - 10.0)
+    lo, hi = d["distance"]["ci"]
+    assert lo <= -5.0 <= hi
+    # a score that crosses 50 by as much as it moved: signed -20, distance 0 (55 -> 45 is no closer to 50)
+    c, e = crows_run([1] * 55 + [0] * 45), crows_run([1] * 45 + [0] * 55)
+    crossed = analysis.paired_difference(c, e, "crows", 400, 0)
+    assert crossed["diff"] == pytest.approx(-10.0) and crossed["distance"]["diff"] == pytest.approx(0.0)
+    assert "distance" not in analysis.paired_difference(
+        stereo_run(["A"] * 4, [1, 0, 1, 1], [2, 2, 1, 0]), stereo_run(["A"] * 4, [1, 0, 0, 1], [2, 1, 1, 0]),
+        "lms", 50, 0)  # LMS has 100 as its ideal: no distance from 50
+
+
+def test_matched_distance_uses_the_interpolated_curve_value():
+    # curve 60 % at ppl 10 and 40 % at ppl 1000 -> 50 % at ppl 100; the method at 45 %: 5 points below the curve
+    # (signed) but 5 points *farther* from 50 than the curve there (|45 - 50| - |50 - 50| = +5)
+    curve = [crows_run([1] * 12 + [0] * 8), crows_run([1] * 8 + [0] * 12)]
+    method = crows_run([1] * 9 + [0] * 11)
+    d = analysis.matched_ppl_difference(method, 100.0, curve, [10.0, 1000.0], "crows", 300, 0)
+    assert d["curve_value"] == pytest.approx(50.0)
+    assert d["diff"] == pytest.approx(-5.0) and d["distance"]["diff"] == pytest.approx(5.0)
+    assert d["distance"]["ci"][0] <= 5.0 <= d["distance"]["ci"][1]

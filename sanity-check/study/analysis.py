@@ -15,6 +15,10 @@ method sits on each curve. The curve is the one through its points sorted by per
 monotone in alpha (`monotone: false`) that differs from the line drawn in alpha order. No extrapolation: outside
 a curve's perplexity range the comparison is reported as not available.
 
+CrowS-Pairs % stereotype and StereoSet SS have 50 as their ideal: once a score falls below 50, lower is not
+better. Their comparisons therefore also carry `distance`: the difference of |score − 50| on the same
+resamples (negative = the first-named variant is closer to 50), the basis of every "better/worse".
+
 What no interval here includes: run-to-run variation of the quantization itself (another calibration draw,
 another shuffle); each variant is one quantization run.
 """
@@ -27,6 +31,8 @@ from evaluation import metrics
 from evaluation.tasks import geometric_mean_scores
 
 BIAS_METRICS = ("crows", "ss", "lms")
+# scores whose ideal is 50: below 50 "lower" is no longer "better", so these are also compared by distance from 50
+IDEAL_50 = ("crows", "ss")
 METRIC_TASK = {"crows": "crows_pairs", "ss": "stereoset", "lms": "stereoset"}
 METRIC_LABEL = {"crows": "CrowS-Pairs % stereotype", "ss": "StereoSet SS", "lms": "StereoSet LMS"}
 
@@ -50,6 +56,11 @@ def resampler(run: dict, metric: str):
     if metric == "lms":
         return lambda idx: metrics.resampled_lms(stereo, anti, unrelated, targets, idx)
     raise ValueError(f"unknown bias metric {metric!r} (one of {', '.join(BIAS_METRICS)})")
+
+
+def distance_from_50(statistic):
+    """|statistic − 50|: the resampled distance from the ideal of a score whose ideal is 50."""
+    return lambda idx: np.abs(statistic(idx) - 50.0)
 
 
 def point_value(run: dict, metric: str) -> float:
@@ -77,7 +88,13 @@ def paired_difference(run_a: dict, run_b: dict, metric: str, n_resamples: int, s
     n = _check_same_items([run_a, run_b], metric)
     stats = (resampler(run_a, metric), resampler(run_b, metric))
     low, high = metrics.paired_bootstrap_diff(lambda idx, m: stats[m](idx), n, n_resamples, seed)
-    return {"diff": point_value(run_b, metric) - point_value(run_a, metric), "ci": [low, high], "n": n}
+    a, b = point_value(run_a, metric), point_value(run_b, metric)
+    result = {"diff": b - a, "ci": [low, high], "n": n}
+    if metric in IDEAL_50:  # the same resamples (same seed), distances instead of signed values
+        distances = tuple(distance_from_50(stat) for stat in stats)
+        low, high = metrics.paired_bootstrap_diff(lambda idx, m: distances[m](idx), n, n_resamples, seed)
+        result["distance"] = {"diff": abs(b - 50.0) - abs(a - 50.0), "ci": [low, high]}
+    return result
 
 
 def interpolate_log_ppl(ppls, values, at_ppl: float):
@@ -151,6 +168,10 @@ def matched_ppl_difference(method_run: dict, method_ppl: float, curve_runs: list
         interpolated = interpolate_log_ppl(curve_ppls, curve_values, method_ppl)
     low, high = metrics._percentile_ci(method_values - interpolated)
     method_point = point_value(method_run, metric)
-    return {"diff": method_point - point_curve, "ci": [low, high], "n": n, "curve_value": point_curve,
-            "method_value": method_point, "monotone": monotone, "resamples_out_of_range": out_of_range,
-            "windows_resampled": method_wiki is not None and curve_wikis is not None}
+    result = {"diff": method_point - point_curve, "ci": [low, high], "n": n, "curve_value": point_curve,
+              "method_value": method_point, "monotone": monotone, "resamples_out_of_range": out_of_range,
+              "windows_resampled": method_wiki is not None and curve_wikis is not None}
+    if metric in IDEAL_50:  # the curve's value is interpolated first, then its distance from 50 taken
+        low, high = metrics._percentile_ci(np.abs(method_values - 50.0) - np.abs(interpolated - 50.0))
+        result["distance"] = {"diff": abs(method_point - 50.0) - abs(point_curve - 50.0), "ci": [low, high]}
+    return result

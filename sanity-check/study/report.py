@@ -125,12 +125,14 @@ def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     curves = {mode: curve(state, mode) for mode in CONTROLS}
     curves["degradation"] = [n for n in DEGRADATION if n in by_name]
     out = []
-    for method in (v for v in state["variants"] if v.mode == METHOD):
+    # the method against every curve; each control against the degradation curve too, so "below pure
+    # degradation" can be told apart for the method and for the same term on other pairs
+    for method in (v for v in state["variants"] if v.mode == METHOD or v.mode in CONTROLS):
         for label, names in curves.items():
-            if len(names) < 2:
+            if len(names) < 2 or (method.mode != METHOD and label != "degradation"):
                 continue
-            entry = {"alpha": method.alpha, "method": method.name, "curve": label, "curve_variants": names,
-                     "method_ppl": rows[method.name]["ppl"]}
+            entry = {"alpha": method.alpha, "method": method.name, "mode": method.mode, "curve": label,
+                     "curve_variants": names, "method_ppl": rows[method.name]["ppl"]}
             for metric in analysis.BIAS_METRICS:
                 task = analysis.METRIC_TASK[metric]
                 entry[metric] = analysis.matched_ppl_difference(
@@ -166,6 +168,14 @@ def _excludes_zero(d: dict | None) -> bool:
     return bool(d and d.get("ci") and (d["ci"][0] > 0 or d["ci"][1] < 0))
 
 
+def _cells(entry: dict) -> list[str]:
+    """Signed differences of every bias metric, then the distance-from-50 differences of CrowS and SS."""
+    signed = [_ci(entry[m]) + (" *" if _excludes_zero(entry[m]) else "") for m in analysis.BIAS_METRICS]
+    distance = [_ci(entry[m].get("distance")) + (" *" if _excludes_zero(entry[m].get("distance")) else "")
+                for m in analysis.IDEAL_50]
+    return signed + distance
+
+
 def render_markdown(summary: dict, header: list[str]) -> str:
     lines = header + ["", "## Variants", "",
                       "| variant | mode | alignment | α | bits | group | pairs | CrowS % stereo [95% CI] | "
@@ -189,9 +199,13 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "`*` marks a 95 % interval that excludes 0. Intervals resample items (CrowS pairs, StereoSet items, "
               "held-out pairs for ‖QD‖/‖WD‖); each variant is a single quantization run, so run-to-run variation "
               "(another calibration draw, another shuffle) is not in them. PPL ratio = method / control.", "",
-              "| α | control | Δ CrowS | Δ SS | Δ LMS | PPL ratio | Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|"]
+              "Δ |CrowS − 50| and Δ |SS − 50| compare the distances from 50, the ideal of both scores: negative = the "
+              "method is closer to 50 than the control. They decide \"better/worse\"; the signed differences do "
+              "not once a score falls below 50.", "",
+              "| α | control | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| | PPL ratio | "
+              "Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
-        cells = [_ci(c[m]) + (" *" if _excludes_zero(c[m]) else "") for m in analysis.BIAS_METRICS]
+        cells = _cells(c)
         mech = c.get("mechanism_ratio")
         lines.append(f"| {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
                      f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
@@ -204,11 +218,21 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "range': the method's perplexity is lower than every point of the curve; 'above': higher; no "
               "extrapolation. † marks a curve whose perplexity is not monotone in α (interpolated along the "
               "perplexity-sorted points, not the α order drawn in the plots).", "",
-              "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS |", "|---|---|---|---|---|---|"]
+              "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
+              "|---|---|---|---|---|---|---|---|"]
     for m in summary["matched"]:
-        cells = [_ci(m[k]) + (" *" if _excludes_zero(m[k]) else "") for k in analysis.BIAS_METRICS]
-        dagger = "" if m["crows"].get("monotone", True) else " †"
-        lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | {' | '.join(cells)} |")
+        if m.get("mode", METHOD) == METHOD:
+            dagger = "" if m["crows"].get("monotone", True) else " †"
+            lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | {' | '.join(_cells(m))} |")
+    controls = [m for m in summary["matched"] if m.get("mode", METHOD) != METHOD]
+    if controls:
+        lines += ["", "## Matched perplexity: each control minus the degradation curve", "",
+                  "The same comparison for the controls, so that a method below pure degradation can be set against "
+                  "the same term on other pairs.", "",
+                  "| control | α | PPL | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m in controls:
+            lines.append(f"| {m['mode']} | {m['alpha']:g} | {m['method_ppl']:.2f} | {' | '.join(_cells(m))} |")
     lines += ["", "## Mechanism: ‖Q D‖ / ‖W D‖ on held-out pairs", "",
               "D = X_s − X_a: full-precision module inputs on stereotype/anti-stereotype pairs of the `eval` half "
               "(never calibrated on); W: full-precision weights; Q: the variant's dequantized weights; over the modules "
