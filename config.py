@@ -17,8 +17,9 @@
 # Fair-GPTQ overlay of gptqmodel/quantization/config.py (GPTQModel v2.2.0).
 # Everything upstream defines is kept unchanged; the Fair-GPTQ delta is:
 #   * the block "Fair-GPTQ configuration" below (parsers, the module matcher, validation),
-#   * eight new QuantizeConfig fields (alpha ... log_run_id), validated at the end of __post_init__, together
-#     with the per-module overrides of alpha, ignore_bias, select_layer and sum_hessians inside `dynamic`,
+#   * eleven new QuantizeConfig fields (alpha ... log_run_id), validated at the end of __post_init__, together
+#     with the per-module overrides of alpha, ignore_bias, select_layer, sum_hessians, fair_target and fair_rank
+#     inside `dynamic`,
 #   * to_dict() exports them only when some module can get the term (alpha > 0 at the top level or in a `dynamic`
 #     rule), so an alpha=0 checkpoint is byte-identical to upstream's, and a Fair-GPTQ checkpoint still loads
 #     with the stock config.py (which ignores unknown keys).
@@ -166,10 +167,13 @@ def dynamic_get(dynamic: Dict[str, Dict[str, Union[int, bool]]], module_name: st
 # Fair-GPTQ configuration
 # ---------------------------------------------------------------------------------------------------------------
 
-FAIR_GPTQ_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "log_delta_w",
-                    "log_hessian_sensitivity", "log_dir", "log_run_id")
-# the fields a `dynamic` rule may override for the modules it matches; the log settings belong to the whole run
-FAIR_DYNAMIC_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians")
+FAIR_GPTQ_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "fair_target", "fair_rank", "fair_seed",
+                    "log_delta_w", "log_hessian_sensitivity", "log_dir", "log_run_id")
+# the fields a `dynamic` rule may override for the modules it matches; the seed and the logs belong to the whole run
+FAIR_DYNAMIC_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "fair_target", "fair_rank")
+# what the paired term penalises: every token-aligned difference (pairs), its top-k signed directions (direction),
+# or k seeded random directions with the same weights (random-direction, a control); see gptq.py
+FAIR_TARGETS = ("pairs", "direction", "random-direction")
 
 _MODULE_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -267,10 +271,40 @@ def _as_alpha(value: Any) -> float:
     return float(value)
 
 
+def _as_fair_target(value: Any) -> str:
+    if not isinstance(value, str) or value not in FAIR_TARGETS:
+        raise ValueError(f"QuantizeConfig: `fair_target` must be one of {', '.join(map(repr, FAIR_TARGETS))}, "
+                         f"got {value!r}.")
+    return value
+
+
+def _as_integer(name: str, value: Any, minimum: int) -> int:
+    """An int >= minimum (numpy integers too; not bools or floats)."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"QuantizeConfig: `{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(number)
+
+
+def check_fair_rank(settings: Dict[str, Any]):
+    """fair_rank counts the directions of a direction target; the 'pairs' term has none, so a rank there would be
+    silently ignored: refused instead."""
+    if settings["fair_target"] == "pairs" and settings["fair_rank"] != 1:
+        raise ValueError(f"QuantizeConfig: `fair_rank` = {settings['fair_rank']} applies to fair_target 'direction' "
+                         f"or 'random-direction' only; with fair_target 'pairs' it must be 1.")
+
+
 def normalise_fair_setting(name: str, value: Any) -> Any:
     """One of FAIR_DYNAMIC_FIELDS checked and put in the form that is saved (plain float, int or string)."""
     if name == "alpha":
         return _as_alpha(value)
+    if name == "fair_target":
+        return _as_fair_target(value)
+    if name == "fair_rank":
+        return _as_integer(name, value, 1)
     if name == "ignore_bias":
         return ",".join(parse_ignore_bias(value))
     if name == "select_layer":
@@ -347,6 +381,12 @@ class QuantizeConfig():
     select_layer: Union[str, List[int]] = field(default="")
     # Fair-GPTQ: 1 = exact minimiser W(H)(H+H01)^-1, 0 = first-order form W - W H01 H^-1
     sum_hessians: int = field(default=1)
+    # Fair-GPTQ: what H01 penalises: "pairs" (every token-aligned difference), "direction" (the top fair_rank signed
+    # directions of the differences, same trace), "random-direction" (control: seeded random directions instead)
+    fair_target: str = field(default="pairs")
+    fair_rank: int = field(default=1)
+    # Fair-GPTQ: seed of "random-direction", combined with each module's name
+    fair_seed: int = field(default=0)
     # Fair-GPTQ: per-module logs, written under log_dir (nothing is written when 0)
     log_delta_w: int = field(default=0)
     log_hessian_sensitivity: int = field(default=0)
@@ -436,6 +476,8 @@ class QuantizeConfig():
         value (and the rule)."""
         for name in FAIR_DYNAMIC_FIELDS:
             setattr(self, name, normalise_fair_setting(name, getattr(self, name)))
+        check_fair_rank({name: getattr(self, name) for name in FAIR_DYNAMIC_FIELDS})
+        self.fair_seed = _as_integer("fair_seed", self.fair_seed, 0)
         self.log_delta_w = _as_flag("log_delta_w", self.log_delta_w)
         self.log_hessian_sensitivity = _as_flag("log_hessian_sensitivity", self.log_hessian_sensitivity)
         if not isinstance(self.log_dir, str) or not self.log_dir:
@@ -458,7 +500,15 @@ class QuantizeConfig():
                         normalised[name] = normalise_fair_setting(name, overrides[name])
                     except ValueError as error:
                         raise ValueError(f"{str(error).rstrip('.')} in `dynamic` rule {rule!r}.") from None
+            try:  # the rule's target and rank together with the fields it leaves as they are
+                check_fair_rank({name: normalised.get(name, getattr(self, name)) for name in FAIR_DYNAMIC_FIELDS})
+            except ValueError as error:
+                raise ValueError(f"{str(error).rstrip('.')} in `dynamic` rule {rule!r}.") from None
             self.dynamic[rule] = normalised
+        targets = [self.fair_target] + [o.get("fair_target") for o in (self.dynamic or {}).values()]
+        if self.fair_seed != 0 and "random-direction" not in targets:
+            raise ValueError(f"QuantizeConfig: `fair_seed` = {self.fair_seed} is used by fair_target "
+                             f"'random-direction' only, which neither the field nor a `dynamic` rule sets.")
 
     def ignore_bias_names(self) -> Tuple[str, ...]:
         return parse_ignore_bias(self.ignore_bias)
@@ -468,7 +518,7 @@ class QuantizeConfig():
         return parse_select_layer(self.select_layer)
 
     def fair_settings_for(self, module_name: Optional[str]) -> Dict[str, Any]:
-        """alpha, ignore_bias, select_layer and sum_hessians as they apply to one module.
+        """alpha, ignore_bias, select_layer, sum_hessians, fair_target and fair_rank as they apply to one module.
 
         The fields, overridden by the module's `dynamic` rule as GPTQModel looks it up (`dynamic_get`: the first
         rule whose regex matches the full module name; a key missing from that rule keeps the field's value).

@@ -7,6 +7,7 @@ versions, timings) beside it.
 
     python example_fair_gptq.py --model smollm2-135m --max-pairs 64 --out outputs/smollm2-fair
     python example_fair_gptq.py --model facebook/opt-125m --strategy lower --dry-run
+    python example_fair_gptq.py --model smollm2-135m --fair-target direction --fair-rank 1 --out outputs/smollm2-dir
 """
 from __future__ import annotations
 
@@ -69,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "OPT 'k_proj,q_proj,v_proj,fc1'; '' gives every module the term)")
     fair.add_argument("--sum-hessians", type=int, default=1, choices=[0, 1],
                       help="1: exact shift W(H)(H+H01)^-1; 0: first-order form W - W H01 H^-1")
+    fair.add_argument("--fair-target", default="pairs", choices=["pairs", "direction", "random-direction"],
+                      help="what the term penalises: pairs (every token-aligned stereotype/anti-stereotype "
+                           "difference, the paper's), direction (the top --fair-rank signed directions of the "
+                           "differences: their mean, then the main deviations from it; same total weight), "
+                           "random-direction (control: seeded random directions with the same weights)")
+    fair.add_argument("--fair-rank", type=int, default=1,
+                      help="number of directions of --fair-target direction / random-direction")
+    fair.add_argument("--fair-seed", type=int, default=0,
+                      help="seed of --fair-target random-direction (combined with each module's name)")
     fair.add_argument("--log-delta-w", action="store_true", help="log ||dW|| per module (JSON lines)")
     fair.add_argument("--log-hessian-sensitivity", action="store_true",
                       help="write per-column bias sensitivity CSVs per module")
@@ -83,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--stereoset", default=None,
                       help="StereoSet dev.json: path or URL (default: the shared data folder, else the canonical URL)")
     data.add_argument("--pairs", default="stereo-anti", choices=PAIR_MODES,
-                      help="stereo-anti (the method), unrelated / shuffled (controls), or file (--pairs-file)")
+                      help="stereo-anti (the method), unrelated / shuffled / sign-shuffled (controls; "
+                           "sign-shuffled: the stereo-anti pairs, a seeded half anti-stereotype first, for "
+                           "--fair-target direction), or file (--pairs-file)")
     data.add_argument("--pairs-file", default=None, help="JSON list of [stereotype, anti-stereotype] pairs")
     data.add_argument("--bias-types", default=None, help="comma-separated subset of gender,profession,race,religion")
     data.add_argument("--max-pairs", type=int, default=None,
@@ -150,6 +162,19 @@ def check_arguments(args) -> None:
         raise UsageError(f"--max-pairs must be >= 1 (got {args.max_pairs})")
     if args.group_size != -1 and args.group_size <= 0:
         raise UsageError(f"--group-size must be -1 or positive (got {args.group_size})")
+    if args.fair_rank < 1:
+        raise UsageError(f"--fair-rank must be >= 1 (got {args.fair_rank})")
+    if args.fair_rank != 1 and args.fair_target == "pairs":
+        raise UsageError(f"--fair-rank {args.fair_rank} needs --fair-target direction or random-direction: the "
+                         f"pairs term has no rank, so it would be ignored")
+    if args.fair_seed < 0:
+        raise UsageError(f"--fair-seed must be >= 0 (got {args.fair_seed})")
+    if args.fair_seed != 0 and args.fair_target != "random-direction":
+        raise UsageError(f"--fair-seed {args.fair_seed} is only used by --fair-target random-direction "
+                         f"(got --fair-target {args.fair_target}), so it would be ignored")
+    if args.pairs == "sign-shuffled" and args.fair_target != "direction":
+        raise UsageError(f"--pairs sign-shuffled changes only the order inside each pair, i.e. the sign of its "
+                         f"difference, which only --fair-target direction uses (got --fair-target {args.fair_target})")
     if args.pairs == "file" and not args.pairs_file:
         raise UsageError("--pairs file needs --pairs-file PATH")
     if args.pairs_file and args.pairs != "file":
@@ -200,7 +225,8 @@ def make_quantize_config(args, plan: RunPlan, device: str, log_dir: Path | None 
     logs = {"log_dir": str(log_dir)} if log_dir is not None else {}
     return QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, device=device,
                           alpha=args.alpha, ignore_bias=plan.ignore_bias, select_layer=plan.select_layer,
-                          sum_hessians=args.sum_hessians, log_delta_w=int(args.log_delta_w),
+                          sum_hessians=args.sum_hessians, fair_target=args.fair_target, fair_rank=args.fair_rank,
+                          fair_seed=args.fair_seed, log_delta_w=int(args.log_delta_w),
                           log_hessian_sensitivity=int(args.log_hessian_sensitivity), log_run_id=plan.run_id, **logs)
 
 
@@ -287,7 +313,9 @@ def describe(plan: RunPlan, verbose: bool = False) -> str:
             f"dropped {plan.pairs.n_filtered_out} of unequal token counts; --max-pairs samples from the kept)"
             if plan.pairs.pair_filter else ""),
         f"alpha={args.alpha} strategy={args.strategy} layers={layer_ranges(plan.fair_layer_indices) or 'none'} "
-        f"ignore_bias='{plan.ignore_bias}' sum_hessians={args.sum_hessians}",
+        f"ignore_bias='{plan.ignore_bias}' sum_hessians={args.sum_hessians} fair_target={args.fair_target}"
+        + (f" fair_rank={args.fair_rank}" if args.fair_target != "pairs" else "")
+        + (f" fair_seed={args.fair_seed}" if args.fair_target == "random-direction" else ""),
         f"fair term on {len(active)} of {len(plan.modules)} quantized modules"
         + (" (alpha=0: plain GPTQ)" if args.alpha == 0 else ""),
     ]

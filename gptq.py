@@ -22,7 +22,12 @@
 #   __init__ (gating), add_batch (pair layout), process_batch (accumulate H01), quantize (shift W before the
 #   column loop; write the logs after it), free. A module whose term is inactive (alpha=0, ignored module,
 #   unselected layer, HF-optimum path) runs exactly the upstream code and allocates nothing extra. alpha,
-#   ignore_bias, select_layer and sum_hessians can be set per module through `dynamic` (QuantizeConfig.fair_settings_for).
+#   ignore_bias, select_layer, sum_hessians, fair_target and fair_rank can be set per module through `dynamic`
+#   (QuantizeConfig.fair_settings_for).
+#
+# Order contract: rows 2i and 2i+1 of every calibration batch are one pair, the STEREOTYPE FIRST (row 2i) and its
+# anti-stereotype second (row 2i+1); fair_gptq.pairs builds the calibration list that way. fair_target="pairs" does
+# not depend on the order within a pair (D D^T is the same for -D); the direction targets' mean difference does.
 #
 # What is minimised. For one module let X hold, as columns, the module's input at every calibration token
 # position (padding included), and D the token-aligned differences X_s - X_a of every pair, where rows 2i, 2i+1
@@ -37,7 +42,28 @@
 # sum_hessians=0 uses W' = W - W H01 (H + lambda I)^-1 instead, its first-order form in alpha.
 # Then W' is quantized by GPTQ with H as usual, so the quantization loss GPTQModel prints for such a module is
 # measured against W'; log_delta_w=1 also records it against W (delta_w.jsonl: loss_vs_w).
+#
+# fair_target="direction" (rank k = fair_rank) replaces H01 by a rank-k matrix on the signed directions in which
+# the two sides differ consistently (the shift formula is unchanged). Per pair p, S_p is the set of positions where
+# the two rows differ (d_t = x_s,t - x_a,t != 0: from the first differing token on, padding included where it
+# differs, exactly as H01 sees it; identical positions carry no information and would only dilute the mean), and
+#     m_p = sum_{t in S_p} d_t / |S_p|   (0 if S_p is empty)         mu = (1/P) sum_p m_p   (P pairs, each one vote)
+# The per-pair means decompose as sum_p m_p m_p^T = P mu mu^T + R R^T, with R = [m_p - mu] the deviations. The
+# k directions are u_1 = mu/|mu| with weight e_1 = P |mu|^2 (the signed, consistent part: it changes with the
+# order of the pairs), then the top k-1 left singular vectors u_2..u_k of R with weights e_j = s_j^2 (how pairs
+# vary around the mean). So k = 1 is the mean difference alone, the directions are nested in k, and k >= P gives
+# back sum_p m_p m_p^T. (The top singular vectors of [m_p] itself were not used: they are the same for any pair
+# order, so k=1 would not be mu and the sign-shuffled control could not differ.) Normalisation: with w_j =
+# e_j / sum_i e_i,
+#     H01_dir = tr(H01) sum_j w_j u_j u_j^T,    tr(H01) = alpha (4/n) ||D||_F^2   (H01 of "pairs" on the same data)
+# so both targets have the same trace and sit on one alpha axis: the direction term puts the whole penalty of the
+# pairs term on k directions. W' = W - W H01_dir (H + H01_dir)^-1 minimises
+#     ||(W'-W) X||_F^2 + 2 alpha ||D||_F^2 sum_j w_j ||W' u_j||^2,
+# i.e. today's 2 alpha ||W' D||^2 with every difference vector turned onto the directions, its length kept.
+# W' - W has rank <= k. fair_target="random-direction" (control) keeps the weights w_j and replaces u_1..u_k by a
+# random orthonormal k-frame, seeded by fair_seed and the module's full name (sha256, stable across runs).
 
+import hashlib
 import json
 import math
 import os
@@ -530,7 +556,7 @@ class GPTQ:
 
         if hasattr(self, "H"):
             del self.H
-        self.H01 = self._fair_loss_inputs = self._fair_sensitivity_inputs = None  # Fair-GPTQ
+        self.H01 = self._fair_loss_inputs = self._fair_sensitivity_inputs = self._fair_pair_means = None  # Fair-GPTQ
         del self.quantizer
         del self.module_copy
         del self.module
@@ -549,6 +575,7 @@ class GPTQ:
         self.layer_index = module.layer_index if named else None
         settings = self.qcfg.fair_settings_for(self.full_name)
         self.fair_alpha, self.fair_sum_hessians = settings["alpha"], settings["sum_hessians"]
+        self.fair_target, self.fair_rank = settings["fair_target"], settings["fair_rank"]
         # every named module of a Fair-GPTQ run records its batch shapes, so flattened siblings can find their pairs
         self._fair_records_shapes = named and self.qcfg.fair_enabled()
         self.fair_active = self.qcfg.fair_term_active(self.full_name, self.layer_index)  # False without a name
@@ -559,6 +586,13 @@ class GPTQ:
         self._fair_record = None  # the delta_w.jsonl record, completed after quantization
         self._fair_loss_inputs = None  # (W, H) kept for the loss against W (log_delta_w only)
         self._fair_sensitivity_inputs = None  # (W', diag H01) kept for the sensitivity log
+        # direction targets (see _fair_add_direction_pair): instead of H01, sum_p m_p, sum_p |m_p|^2, ||D||_F^2 and,
+        # for rank > 1, the per-pair means m_p themselves (P x columns, far less than H01 for P < columns)
+        self._fair_mean_sum = None
+        self._fair_mean_energy = 0.0
+        self._fair_diff_energy = 0.0
+        self._fair_pair_means = []
+        self._fair_direction_log = None  # the weights and mean energy, for the delta_w.jsonl record
         if self._fair_records_shapes:
             _fair_refuse_concatenated_calibration(self.qcfg)
         if self.fair_active and not isinstance(self.module, (nn.Linear, transformers.Conv1D)):
@@ -612,6 +646,12 @@ class GPTQ:
         sequences = inp.reshape(batch_size, seq_len, -1)
         new_pairs = batch_size // 2
         samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H
+        if self.fair_target != "pairs":  # sums only; H01_dir is built from them at quantize time
+            self._fair_nsamples += samples
+            self.n_pairs += new_pairs
+            for pair in range(new_pairs):
+                self._fair_add_direction_pair(sequences, pair)
+            return
         if self.H01 is None:
             try:
                 self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
@@ -640,6 +680,68 @@ class GPTQ:
         delta = sequences[2 * pair].float() - sequences[2 * pair + 1].float()
         self.H01.addmm_(delta.t(), delta, alpha=scale)
 
+    def _fair_add_direction_pair(self, sequences: torch.Tensor, pair: int):
+        """Adds pair `pair`'s mean difference m_p over the positions where its rows differ, |m_p|^2 and ||D_p||_F^2.
+
+        Positions where the rows are equal have d = 0 and add nothing to the sum: only the divisor |S_p| needs them
+        told apart. Everything stays on the device (no .item(): no synchronisation per pair)."""
+        delta = sequences[2 * pair].float() - sequences[2 * pair + 1].float()  # stereotype - anti-stereotype
+        differing = (delta != 0).any(dim=1).sum().clamp(min=1)
+        pair_mean = delta.sum(dim=0, dtype=torch.float64) / differing
+        if self._fair_mean_sum is None:
+            self._fair_mean_sum = torch.zeros_like(pair_mean)
+        self._fair_mean_sum += pair_mean
+        self._fair_mean_energy = self._fair_mean_energy + pair_mean.square().sum()
+        self._fair_diff_energy = self._fair_diff_energy + delta.square().sum(dtype=torch.float64)
+        if self.fair_rank > 1:
+            self._fair_pair_means.append(pair_mean.float())
+
+    def _fair_directions(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(unit directions as columns [columns, m], weights e_j [m]), m <= fair_rank, float64, on the device.
+
+        u_1 = mu/|mu| with e_1 = P |mu|^2, then the top k-1 left singular vectors of the deviations m_p - mu with
+        e_j = s_j^2 (see the header). "random-direction" keeps the e_j and draws the directions at random."""
+        mean = self._fair_mean_sum / self.n_pairs
+        mean_norm = torch.linalg.norm(mean)
+        directions = [mean / mean_norm.clamp(min=torch.finfo(torch.float64).tiny)]  # zero direction if mu = 0
+        weights = [self.n_pairs * mean_norm.square()]
+        if self.fair_rank > 1:
+            deviations = torch.stack(self._fair_pair_means).double() - mean  # [P, columns]
+            _, s, vh = torch.linalg.svd(deviations, full_matrices=False)  # rows of vh: left singular vectors of R
+            directions += list(vh[:self.fair_rank - 1])
+            weights += list(s[:self.fair_rank - 1].square())
+        self._fair_pair_means = []
+        directions, weights = torch.stack(directions, dim=1), torch.stack(weights)
+        if self.fair_target == "random-direction":
+            directions = self._fair_random_frame(directions.shape[1]).to(directions.device)
+        mean_energy, total = weights[0], weights.sum()
+        self._fair_direction_log = {
+            "direction_weights": (weights / total).tolist() if total > 0 else [],
+            # share of sum_p |m_p|^2 in the signed mean P |mu|^2: near 1 when the pairs agree, ~1/P for noise
+            "mean_energy_fraction": (mean_energy / self._fair_mean_energy).item() if self._fair_mean_energy > 0 else 0.0,
+        }
+        return directions, weights
+
+    def _fair_random_frame(self, count: int) -> torch.Tensor:
+        """`count` orthonormal random columns, the same for the same fair_seed and module name on any machine."""
+        digest = hashlib.sha256(f"{self.qcfg.fair_seed}:{self.full_name}".encode("utf-8")).digest()
+        generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        gaussian = torch.randn(self.columns, count, generator=generator, dtype=torch.float64)
+        frame, _ = torch.linalg.qr(gaussian)
+        return frame
+
+    def _fair_direction_h01(self) -> Optional[torch.Tensor]:
+        """H01_dir = tr(H01) sum_j w_j u_j u_j^T with tr(H01) = alpha (4/n) ||D||_F^2; None when there is nothing to
+        penalise (no pair differs anywhere)."""
+        directions, weights = self._fair_directions()
+        trace = self.fair_alpha * 4 / self._fair_nsamples * self._fair_diff_energy
+        self._fair_mean_sum = self._fair_diff_energy = self._fair_mean_energy = None
+        if not weights.sum() > 0 or not trace > 0:
+            log.warn(f"Fair-GPTQ: no calibration pair of `{self.full_name}` differs anywhere; no shift.")
+            return None
+        factors = (directions * (trace * weights / weights.sum()).sqrt()).float()
+        return factors.matmul(factors.t())
+
     def _fair_damped_cholesky(self, M: torch.Tensor) -> Tuple[torch.Tensor, float]:
         """Cholesky factor of M with upstream's dampening rule: damp_percent * mean(diag) added to the diagonal,
         and added again (with damp_percent raised by damp_auto_increment) each time the factorisation fails."""
@@ -664,6 +766,8 @@ class GPTQ:
         Keeps what the logs need after quantization: the delta_w.jsonl record and, with log_delta_w, copies of W
         and H for the loss against W; with log_hessian_sensitivity, a copy of W' and diag(H01).
         """
+        if self.fair_target != "pairs":
+            self.H01 = self._fair_direction_h01() if self.n_pairs else None
         if self.H01 is None:
             return W
         H, H01 = self.H, self.H01
@@ -693,6 +797,7 @@ class GPTQ:
                 "alpha": self.fair_alpha, "sum_hessians": self.fair_sum_hessians, "n_pairs": self.n_pairs,
                 "damp_percent": shift_damp, "delta_w_fro": delta_norm,
                 "relative_delta_w": delta_norm / W_norm if W_norm > 0 else 0.0,
+                "fair_target": self.fair_target, "fair_rank": self.fair_rank, **(self._fair_direction_log or {}),
             }
         del delta_W
         if self.qcfg.log_hessian_sensitivity:

@@ -3,9 +3,16 @@
     pair_set = calibration_pairs(None, "stereo-anti", max_pairs=64)   # calib half of the shared dev file
     pair_set.sentences                                                # what GPTQModel.quantize() gets
 
-Modes: `stereo-anti` (the method), `unrelated` and `shuffled` (controls), `file`. A `PairFilter` (e.g. the
-token-aligned pairs of `fair_gptq.alignment`) is applied before `max_pairs` sampling, so `max_pairs` pairs are
-used whenever that many pass the filter.
+Modes: `stereo-anti` (the method), `unrelated`, `shuffled` and `sign-shuffled` (controls), `file`. A `PairFilter`
+(e.g. the token-aligned pairs of `fair_gptq.alignment`) is applied before `max_pairs` sampling, so `max_pairs`
+pairs are used whenever that many pass the filter.
+
+Order contract: in every mode but `sign-shuffled`, each pair is (stereotype, anti-stereotype) in that order, the
+stereotype at even positions of `sentences` (2i) and its partner right after it (2i+1; for `unrelated` the partner
+is the unrelated sentence). With an even batch size GPTQModel keeps that order, so rows 2i / 2i+1 of a batch are
+stereotype / partner; the overlay's direction targets (gptq.py, fair_target="direction") take the mean of
+x_stereotype - x_partner and rely on it. `sign-shuffled` (control) breaks it on purpose: the pairs of `stereo-anti`,
+with a seeded half of them (floor(n/2)) put anti-stereotype first, so a consistent mean difference cancels.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 from fair_gptq.split import DEFAULT_CALIB_FRACTION, DEFAULT_SPLIT_SEED, content_rank, select_split
 from fair_gptq.stereoset import BIAS_TYPES, IntrasentenceItem, StereoSetError, load_intrasentence
 
-PAIR_MODES = ("stereo-anti", "unrelated", "shuffled", "file")
+PAIR_MODES = ("stereo-anti", "unrelated", "shuffled", "sign-shuffled", "file")
 # gold_label -> IntrasentenceItem attribute
 _LABEL_ATTRIBUTE = {"stereotype": "stereotype", "anti-stereotype": "anti_stereotype", "unrelated": "unrelated"}
 
@@ -55,6 +62,7 @@ class PairSet:
     pairs_file: str | None = None
     pair_filter: str | None = None  # PairFilter.name
     n_filtered_out: int = 0  # candidates the filter dropped (before sampling)
+    n_order_flipped: int = 0  # pairs given anti-stereotype first (`sign-shuffled` only)
 
     @property
     def pairs(self) -> list[Pair]:
@@ -71,6 +79,7 @@ class PairSet:
             "pair_filter": self.pair_filter,
             "n_kept_by_filter": self.n_candidates - self.n_filtered_out,
             "n_dropped_by_filter": self.n_filtered_out,
+            "n_order_flipped": self.n_order_flipped,
             "sha256": self.sha256,
             "seed": self.seed,
             "bias_types": list(self.bias_types) if self.bias_types else None,
@@ -191,6 +200,15 @@ def _parse_pair(entry, where: str) -> Pair:
     return pair
 
 
+def _sign_shuffled(pairs: list[Pair], seed: int) -> tuple[list[Pair], int]:
+    """Puts the anti-stereotype first in a seeded half of the pairs (floor(n/2), chosen by content rank: the same
+    pairs whatever the list order), so that the mean of x_first - x_second over pairs cancels to noise."""
+    ranked = sorted(range(len(pairs)),
+                    key=lambda i: (content_rank(seed, "sign-shuffled:" + json.dumps(pairs[i], ensure_ascii=False)), i))
+    flipped = set(ranked[:len(pairs) // 2])
+    return [(pair[1], pair[0]) if i in flipped else pair for i, pair in enumerate(pairs)], len(flipped)
+
+
 def _sample_pairs(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
     """Keep `max_pairs` pairs chosen by seeded content rank (independent of order), in input order."""
     if max_pairs is None or max_pairs >= len(pairs):
@@ -215,8 +233,9 @@ def build_pairs(
 
     Modes: 'stereo-anti' (each item's stereotype, then its anti-stereotype: the paper's),
     'unrelated' (stereotype, then the same item's unrelated sentence), 'shuffled' (stereotype,
-    then another item's anti-stereotype; seeded), 'file' (pairs from `pairs_file`; `items` is
-    ignored). Items lacking a needed sentence are skipped and counted in `skipped`. `pair_filter` drops
+    then another item's anti-stereotype; seeded), 'sign-shuffled' (the pairs 'stereo-anti' gives
+    with the same arguments, a seeded half of them in the order anti-stereotype, stereotype),
+    'file' (pairs from `pairs_file`; `items` is ignored). Items lacking a needed sentence are skipped and counted in `skipped`. `pair_filter` drops
     candidates before `max_pairs` are sampled. `split` (from `split_info`) is only recorded in the result.
     """
     if mode not in PAIR_MODES:
@@ -242,6 +261,9 @@ def build_pairs(
     pairs = _sample_pairs(kept, max_pairs, seed)
     if not pairs:
         raise ValueError(_empty_message(mode, chosen_types, skipped, pair_filter, len(candidates)))
+    n_flipped = 0
+    if mode == "sign-shuffled":  # after sampling: exactly the pairs of 'stereo-anti', only the order changes
+        pairs, n_flipped = _sign_shuffled(pairs, seed)
     sentences = [sentence for pair in pairs for sentence in pair]
     return PairSet(
         sentences=sentences,
@@ -257,6 +279,7 @@ def build_pairs(
         pairs_file=os.fspath(pairs_file) if pairs_file is not None else None,
         pair_filter=pair_filter.name if pair_filter is not None else None,
         n_filtered_out=len(candidates) - len(kept),
+        n_order_flipped=n_flipped,
     )
 
 
@@ -273,7 +296,8 @@ def _candidate_pairs(items: Sequence[IntrasentenceItem], mode: str, seed: int, s
     if mode == "unrelated":
         usable = _usable_items(items, ("stereotype", "unrelated"), skipped)
         return [(item.stereotype, item.unrelated) for item in usable]
-    # 'shuffled' uses exactly the sentences of 'stereo-anti' and changes only who pairs with whom.
+    # 'shuffled' uses exactly the sentences of 'stereo-anti' and changes only who pairs with whom; 'sign-shuffled'
+    # starts from the very pairs of 'stereo-anti' (build_pairs changes their order after sampling).
     usable = _usable_items(items, ("stereotype", "anti-stereotype"), skipped)
     if mode == "shuffled":
         return _shuffled_pairs(usable, seed, skipped)

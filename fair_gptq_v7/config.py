@@ -28,6 +28,11 @@ class FairGPTQConfig(GPTQConfig):
     ignore_bias: Any = field(default="")  # modules that keep plain GPTQ (whole dotted parts)
     select_layer: Any = field(default="")  # layer indices that get the term, "0,1,30-31"; "" = all
     sum_hessians: int = field(default=1)  # 1: W - W H01 (H + H01)^-1, 0: W - W H01 H^-1
+    # the 2.2.0 overlay's direction targets are not ported: only the defaults ("pairs", 1, 0) are accepted, so a
+    # config written for the overlay is refused instead of silently running the pairs term (not exported)
+    fair_target: str = field(default="pairs")
+    fair_rank: int = field(default=1)
+    fair_seed: int = field(default=0)
     log_delta_w: int = field(default=0)  # 1: append one record per active module to log_dir/delta_w.jsonl
     log_hessian_sensitivity: int = field(default=0)  # 1: log_dir/hessian_sensitivity/<module>.csv
     log_dir: str = field(default="./logs")
@@ -37,6 +42,7 @@ class FairGPTQConfig(GPTQConfig):
         super().__post_init__()
         for name in gating.FAIR_DYNAMIC_FIELDS:
             setattr(self, name, gating.normalise_fair_setting(name, getattr(self, name)))
+        _refuse_unported_targets({name: getattr(self, name) for name in UNPORTED_FIELDS})
         self.log_delta_w = gating.as_flag("log_delta_w", self.log_delta_w)
         self.log_hessian_sensitivity = gating.as_flag("log_hessian_sensitivity", self.log_hessian_sensitivity)
         if not isinstance(self.log_dir, str) or not self.log_dir:
@@ -53,6 +59,10 @@ class FairGPTQConfig(GPTQConfig):
         for rule, overrides in list((self.dynamic or {}).items()):
             if not isinstance(overrides, dict):
                 continue
+            try:
+                _refuse_unported_targets({name: overrides[name] for name in UNPORTED_FIELDS if name in overrides})
+            except ValueError as error:
+                raise ValueError(f"{str(error).rstrip('.')} in `dynamic` rule {rule!r}.") from None
             run_wide = [n for n in gating.FAIR_FIELDS if n in overrides and n not in gating.FAIR_DYNAMIC_FIELDS]
             if run_wide:
                 raise ValueError(f"FairGPTQConfig: `{run_wide[0]}` applies to the whole run and cannot be set in "
@@ -102,6 +112,23 @@ class FairGPTQConfig(GPTQConfig):
         if self.fair_enabled():
             _require_fair_processor()
         return super().uses_weight_only_lifecycle()
+
+
+UNPORTED_FIELDS = {"fair_target": "pairs", "fair_rank": 1, "fair_seed": 0}  # field -> the only value accepted here
+
+
+def _refuse_unported_targets(values: Dict[str, Any]):
+    """fair_target "direction" / "random-direction" (and their fair_rank, fair_seed) exist in the 2.2.0 overlay
+    only; anything but the defaults is refused, naming the field."""
+    for name, value in values.items():
+        if name == "fair_target" and value in ("direction", "random-direction"):
+            raise ValueError(f"FairGPTQConfig: `fair_target` {value!r} is supported by the GPTQModel 2.2.0 overlay "
+                             f"only (gptq.py / config.py, install_overlay.sh); fair_gptq_v7 implements "
+                             f"fair_target 'pairs'.")
+        if isinstance(value, bool) or value != UNPORTED_FIELDS[name]:
+            raise ValueError(f"FairGPTQConfig: `{name}` must be {UNPORTED_FIELDS[name]!r} in fair_gptq_v7 (other "
+                             f"values belong to the 2.2.0 overlay's fair_target 'direction' / 'random-direction'), "
+                             f"got {value!r}.")
 
 
 def _require_fair_processor():

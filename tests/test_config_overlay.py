@@ -161,11 +161,12 @@ def test_dynamic_overrides_follow_gptqmodels_first_matching_rule():
     })
     name = "model.decoder.layers.{}.{}".format
     assert cfg.fair_settings_for(name(0, "fc2")) == dict(alpha=0.3, ignore_bias="q_proj", select_layer="0,1,2",
-                                                         sum_hessians=0)
+                                                         sum_hessians=0, fair_target="pairs", fair_rank=1)
     assert cfg.fair_settings_for(name(1, "fc2"))["alpha"] == 0.0  # the first matching rule wins
     assert cfg.fair_settings_for(name(0, "self_attn.out_proj"))["alpha"] == 0.1  # no rule: the fields
     assert cfg.fair_settings_for(name(2, "fc1"))["alpha"] == 0.0  # excluded by `-:`: not quantized at all
-    assert cfg.fair_settings_for(None) == dict(alpha=0.1, ignore_bias="q_proj", select_layer="0,1,2", sum_hessians=1)
+    assert cfg.fair_settings_for(None) == dict(alpha=0.1, ignore_bias="q_proj", select_layer="0,1,2", sum_hessians=1,
+                                               fair_target="pairs", fair_rank=1)
 
     assert cfg.fair_term_active(name(0, "fc2"), 0) and not cfg.fair_term_active(name(1, "fc2"), 1)
     assert not cfg.fair_term_active(name(3, "fc2"), 3)  # the rule sets alpha only: select_layer 0-2 still holds

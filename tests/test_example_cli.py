@@ -86,6 +86,12 @@ def test_layer_ranges(indices, text):
     (["--pairs", "file"], "--pairs file needs --pairs-file"),
     (["--bias-types", "colour"], "colour"),
     (["--alpha", "-1"], "--alpha must be finite and >= 0"),
+    (["--fair-rank", "2"], "--fair-rank 2 needs --fair-target direction or random-direction"),
+    (["--fair-target", "direction", "--fair-rank", "0"], "--fair-rank must be >= 1"),
+    (["--fair-target", "direction", "--fair-seed", "3"], "--fair-seed 3 is only used by --fair-target random-direction"),
+    (["--fair-target", "random-direction", "--fair-seed", "-1"], "--fair-seed must be >= 0"),
+    (["--pairs", "sign-shuffled"], "--pairs sign-shuffled changes only the order inside each pair"),
+    (["--pairs", "sign-shuffled", "--fair-target", "random-direction"], "only --fair-target direction uses"),
 ])
 def test_input_errors_stop_before_loading(capsys, tmp_path, base_args, monkeypatch, extra, message):
     def fail(*a, **k):
@@ -95,6 +101,48 @@ def test_input_errors_stop_before_loading(capsys, tmp_path, base_args, monkeypat
     code, _, stderr = run_cli(capsys, *base_args, *extra, "--out", out)
     assert code == 2 and message in stderr and stderr.startswith("error: ")
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unknown_fair_target_is_an_argparse_error(capsys, base_args):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in [*base_args, "--fair-target", "mean", "--dry-run"]])
+    assert exit_info.value.code == 2 and "--fair-target: invalid choice: 'mean'" in capsys.readouterr().err
+
+
+def test_direction_flags_reach_the_config_and_the_plan(capsys, base_args):
+    code, stdout, _ = run_cli(capsys, *base_args, "--fair-target", "random-direction", "--fair-rank", 3,
+                              "--fair-seed", 7, "--max-pairs", 4, "--dry-run")
+    assert code == 0 and "fair_target=random-direction fair_rank=3 fair_seed=7" in stdout
+    args = cli.build_parser().parse_args([str(a) for a in [*base_args, "--fair-target", "direction", "--fair-rank",
+                                                           2, "--pairs", "sign-shuffled", "--max-pairs", 6,
+                                                           "--dry-run"]])
+    plan = cli.plan_run(args)
+    qcfg = cli.make_quantize_config(args, plan, "cpu")
+    assert (qcfg.fair_target, qcfg.fair_rank, qcfg.fair_seed) == ("direction", 2, 0)
+    record = cli.run_record(plan, "cpu", {}, {})
+    assert record["arguments"]["fair_target"] == "direction" and record["arguments"]["fair_rank"] == 2
+    assert record["calibration"]["mode"] == "sign-shuffled" and record["calibration"]["n_order_flipped"] == 3
+
+
+@pytest.mark.slow
+def test_end_to_end_direction_target_tiny_opt(capsys, tmp_path, base_args):
+    """The main job with --fair-target direction: the term reaches every active module (the log says which target)
+    and the checkpoint records it."""
+    out = tmp_path / "tiny-direction"
+    code, stdout, _ = run_cli(capsys, *base_args, "--max-pairs", 4, "--select-layer", "1", "--fair-target",
+                              "direction", "--fair-rank", 2, "--log-delta-w", "--no-generate", "--out", out)
+    assert code == 0 and "fair_target=direction fair_rank=2" in stdout
+    run = json.loads((out / cli.RUN_FILE).read_text())
+    assert run["arguments"]["fair_target"] == "direction" and run["arguments"]["fair_rank"] == 2
+    saved = json.loads((out / "quantize_config.json").read_text())
+    assert (saved["fair_target"], saved["fair_rank"], saved["fair_seed"]) == ("direction", 2, 0)
+    records = [json.loads(line) for line in (Path(run["log_dir"]) / "delta_w.jsonl").read_text().splitlines()]
+    active = {m["module"] for m in run["modules"] if m["fair_term"]}
+    assert {r["module"] for r in records} == active == {"model.decoder.layers.1.self_attn.out_proj",
+                                                         "model.decoder.layers.1.fc2"}
+    for r in records:
+        assert (r["fair_target"], r["fair_rank"], r["n_pairs"]) == ("direction", 2, 4)
+        assert len(r["direction_weights"]) == 2 and r["relative_delta_w"] > 0
 
 
 def test_malformed_stereoset_file(capsys, tmp_path, base_args):

@@ -118,6 +118,36 @@ def test_shuffled_mode_with_a_single_item_has_nothing_to_pair(tmp_path):
         pr.build_pairs(data.items, "shuffled")
 
 
+def test_sign_shuffled_mode_flips_a_seeded_half_of_the_stereo_anti_pairs(tmp_path):
+    data = load_synthetic(tmp_path, {"gender": 12, "race": 9})  # 21 pairs: 10 flipped
+    stereo_anti = pr.build_pairs(data.items, "stereo-anti", seed=5)
+    signed = pr.build_pairs(data.items, "sign-shuffled", seed=5)
+    flipped = [item_and_label(first)[1] == "anti-stereotype" for first, _ in signed.pairs]
+    assert sum(flipped) == signed.n_order_flipped == 10 and signed.summary()["n_order_flipped"] == 10
+    # the very pairs of stereo-anti, in the same places; only the order inside a pair changes
+    for (first, second), (stereotype, anti), flip in zip(signed.pairs, stereo_anti.pairs, flipped):
+        assert (first, second) == ((anti, stereotype) if flip else (stereotype, anti))
+    assert signed.mode == "sign-shuffled" and stereo_anti.n_order_flipped == 0
+
+
+def test_sign_shuffled_mode_is_seeded_and_independent_of_file_order(tmp_path):
+    data = load_synthetic(tmp_path, {"gender": 20, "race": 20})
+    first = pr.build_pairs(data.items, "sign-shuffled", seed=3)
+    assert pr.build_pairs(data.items, "sign-shuffled", seed=3).sentences == first.sentences
+    assert set(pr.build_pairs(data.items, "sign-shuffled", seed=4).pairs) != set(first.pairs)
+    items = list(data.items)
+    random.Random(7).shuffle(items)
+    assert set(pr.build_pairs(items, "sign-shuffled", seed=3).pairs) == set(first.pairs)
+
+
+def test_sign_shuffled_mode_samples_the_pairs_stereo_anti_samples(tmp_path):
+    data = load_synthetic(tmp_path, {"gender": 30, "race": 30})
+    kept = pr.build_pairs(data.items, "stereo-anti", max_pairs=15, seed=2)
+    signed = pr.build_pairs(data.items, "sign-shuffled", max_pairs=15, seed=2)
+    assert [frozenset(pair) for pair in signed.pairs] == [frozenset(pair) for pair in kept.pairs]
+    assert signed.n_order_flipped == 7
+
+
 def test_items_missing_a_needed_sentence_are_skipped_and_counted(tmp_path):
     items = [
         raw_item(0),
@@ -148,7 +178,7 @@ def test_no_usable_item_is_a_clear_error(tmp_path):
 
 
 def test_unknown_mode_is_rejected():
-    with pytest.raises(ValueError, match="stereo-anti, unrelated, shuffled, file"):
+    with pytest.raises(ValueError, match="stereo-anti, unrelated, shuffled, sign-shuffled, file"):
         pr.build_pairs([], "stereo_anti")
 
 

@@ -36,6 +36,23 @@ def test_gptaq_and_foem_are_refused_with_the_term():
     assert cfg(alpha=0.0, gptaq={"alpha": 0.25}).gptaq is not None  # plain GPTAQ stays available
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(fair_target="direction"), r"`fair_target` 'direction' is supported by the GPTQModel 2\.2\.0 overlay only"),
+    (dict(fair_target="random-direction"), r"`fair_target` 'random-direction' is supported by the GPTQModel 2\.2\.0"),
+    (dict(fair_rank=2), r"`fair_rank` must be 1 in fair_gptq_v7"),
+    (dict(fair_seed=3), r"`fair_seed` must be 0 in fair_gptq_v7"),
+    (dict(dynamic={r".*fc1": {"fair_target": "direction"}}), r"overlay only.* in `dynamic` rule '\.\*fc1'\.$"),
+])
+def test_the_overlays_direction_targets_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cfg(alpha=0.1, **kwargs)
+
+
+def test_the_pairs_target_is_accepted_and_not_exported():
+    c = cfg(alpha=0.1, fair_target="pairs", fair_rank=1, fair_seed=0)
+    assert c.fair_target == "pairs" and not {"fair_target", "fair_rank", "fair_seed"} & set(c.to_dict())
+
+
 def test_run_wide_settings_cannot_be_set_per_module():
     with pytest.raises(ValueError, match="`log_dir` applies to the whole run"):
         cfg(alpha=0.1, dynamic={r".*fc1": {"log_dir": "x"}})
