@@ -10,6 +10,8 @@ metrics stay lm-eval's own code:
   subtask: the original CSV has no such rows and lm-eval fails on the empty subset.
 * ``wikitext`` reads the WikiText-2 test rows with the ``json`` loader; :func:`wikitext_pages`
   rebuilds the one-page-per-document layout the task expects.
+* the shared folder's offline tasks (truthfulqa_mc1/mc2, piqa, openbookqa, boolq, social_iqa, winogender_*, bbq)
+  read its JSONL files, each checked against a pinned sha256 first (:mod:`evaluation.lm_eval_offline`).
 
 The folder holding these YAMLs is indexed with ``TaskManager(include_path=folder,
 include_defaults=False)`` when only local tasks are asked for: indexing lm-eval's ~14.7k built-in
@@ -19,10 +21,13 @@ task files costs about 9 s per run. Nothing here imports lm-eval at module level
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from evaluation.lm_eval_offline import OfflineData, resolve_offline_data
+from evaluation.lm_eval_offline import task_yaml as offline_yaml
 
 CROWS_TASK = "crows_pairs_english"
 CROWS_BIAS_TYPES = ("age", "disability", "gender", "nationality", "physical_appearance", "race_color", "religion",
@@ -65,10 +70,12 @@ class LocalData:
     crows_sha256: str | None = None
     wikitext_rows: Path | None = None
     wikitext_sha256: str | None = None
+    offline: dict[str, OfflineData] = field(default_factory=dict)  # task -> its verified shared file
 
     def tasks(self) -> list[str]:
         """The local task names these files cover."""
-        return [*(CROWS_TASKS if self.crows_csv else ()), *((WIKITEXT_TASK,) if self.wikitext_rows else ())]
+        return [*(CROWS_TASKS if self.crows_csv else ()), *((WIKITEXT_TASK,) if self.wikitext_rows else ()),
+                *self.offline]
 
     def fingerprints(self, requested: list[str]) -> dict:
         """Checksums of the local files the ``requested`` tasks read (part of a run's settings)."""
@@ -77,19 +84,22 @@ class LocalData:
             out["crows_pairs_csv"] = self.crows_sha256
         if self.wikitext_rows and WIKITEXT_TASK in requested:
             out["wikitext_rows"] = self.wikitext_sha256
+        out.update({data.task.file: data.sha256 for name, data in self.offline.items() if name in requested})
         return out
 
 
 def resolve_local_data(requested: list[str], crows_source: str | None = None,
-                       wikitext_source: str | None = None) -> LocalData:
+                       wikitext_source: str | None = None, data_root: Path | None = None) -> LocalData:
     """The local files for the ``requested`` lm-eval tasks; raises ``evaluation.data.DataError``.
 
     CrowS-Pairs: the same CSV as our ``crows_pairs`` task (``--crows-pairs``, the shared folder,
     else the nyu-mll CSV downloaded once), so both score the same data version. WikiText-2: the
     test rows (``--wikitext2`` as a .jsonl or folder, else the shared folder); without local rows
-    lm-eval's hub version is used, or reported unavailable offline.
+    lm-eval's hub version is used, or reported unavailable offline. The offline tasks: the shared data folder
+    (``data_root``, by default ``fair_gptq.paths.shared_data_dir()``), each file checked against its sha256.
     """
     from evaluation import data
+    from fair_gptq.paths import shared_data_dir
 
     crows_csv = crows_sha = rows = rows_sha = None
     if any(is_crows_task(t) for t in requested):
@@ -103,7 +113,8 @@ def resolve_local_data(requested: list[str], crows_source: str | None = None,
         found = data.resolve_wikitext2_source(wikitext_source, need_rows=True)
         if found.kind == "rows":
             rows, rows_sha = found.path, data.sha256_file(found.path)
-    return LocalData(crows_csv, crows_sha, rows, rows_sha)
+    offline = resolve_offline_data(requested, Path(data_root) if data_root else shared_data_dir())
+    return LocalData(crows_csv, crows_sha, rows, rows_sha, offline)
 
 
 def _task_yaml(name: str, tasks_dir: Path, local: LocalData) -> str:
@@ -128,7 +139,11 @@ def write_task_yamls(folder: Path, local: LocalData, tasks_dir: Path | None = No
     folder.mkdir(parents=True, exist_ok=True)
     names = local.tasks()
     for name in names:
-        (folder / f"{name}.yaml").write_text(_task_yaml(name, tasks_dir, local), encoding="utf-8")
+        if name in local.offline:
+            text = offline_yaml(local.offline[name], tasks_dir)
+        else:
+            text = _task_yaml(name, tasks_dir, local)
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
     return names
 
 

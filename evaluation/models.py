@@ -16,6 +16,9 @@ Both kinds are loaded with the same tokenizer class (``AutoTokenizer`` from the 
 and, by default, the same dtype (``--dtype auto``: float32 on CPU; bfloat16 on CUDA where supported,
 else float16). The first forward of a GPTQ model on CPU is slow: GPTQModel compiles
 ``dequantize_weight`` with ``torch.compile``.
+
+An eraser (``load_model(..., eraser=FILE)``, fair_gptq/erasure) is attached to either kind as a forward
+pre-hook on the LM head: every final hidden state is erased before the head sees it.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ class LoadedModel:
     device: str
     dtype: str
     backend: str | None = None  # GPTQ kernel backend, None for full precision
+    eraser: dict | None = None  # fair_gptq.erasure.artifact.describe_eraser of the attached eraser
 
     def describe(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "device": self.device, "dtype": self.dtype,
-                "backend": self.backend}
+        described = {"path": self.path, "kind": self.kind, "device": self.device, "dtype": self.dtype,
+                     "backend": self.backend}
+        if self.eraser is not None:  # only then: descriptions of models without one stay as they were
+            described["eraser"] = self.eraser
+        return described
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -137,9 +144,16 @@ def cache_dequantized_weights(model: torch.nn.Module) -> int:
 
 
 def load_model(
-    path: str, name: str | None = None, device: str = "auto", dtype: str = "auto", gptq_backend: str = "auto"
+    path: str, name: str | None = None, device: str = "auto", dtype: str = "auto", gptq_backend: str = "auto",
+    eraser: str | None = None,
 ) -> LoadedModel:
-    """Load a full-precision or GPTQ checkpoint (detected with :func:`is_gptq_checkpoint`)."""
+    """Load a full-precision or GPTQ checkpoint (detected with :func:`is_gptq_checkpoint`); with ``eraser`` (an
+    eraser file of fair_gptq/erasure) its final hidden states are erased at every forward pass."""
+    eraser_object = None
+    if eraser is not None:  # a bad file fails here, before the weights load
+        from fair_gptq.erasure.artifact import load_eraser
+
+        eraser_object = load_eraser(eraser)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(path)
@@ -159,6 +173,13 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype).to(device)
         kind, backend_name = "fp", None
     model.eval()
+    eraser_info = None
+    if eraser_object is not None:
+        from fair_gptq.erasure.artifact import describe_eraser
+        from fair_gptq.erasure.hook import attach_eraser
+
+        attach_eraser(model, eraser_object)
+        eraser_info = describe_eraser(eraser_object, eraser)
     return LoadedModel(
         name=name or Path(path).name,
         path=path,
@@ -168,4 +189,5 @@ def load_model(
         device=device,
         dtype=dtype_name(torch_dtype),
         backend=backend_name,
+        eraser=eraser_info,
     )

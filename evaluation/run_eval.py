@@ -10,8 +10,19 @@ Tasks: ``crows_pairs`` (lm-eval ``crows_pairs_english`` scoring), ``stereoset`` 
 intrasentence SS/LMS/ICAT; by default the "eval" half of a dev file, whose "calib" half
 calibrates Fair-GPTQ, or all of a test file), ``wikitext2`` (GPTQ-convention perplexity, or the
 paper's protocol with ``--protocol paper``) and ``lm_eval`` (the paper's lm-evaluation-harness
-tasks through lm-eval itself, ``requirements-eval.txt``: crows_pairs_english and wikitext on the local
-files, the others from the hub when it can be reached; ``--lm-eval-tasks`` chooses).
+tasks through lm-eval itself, ``requirements-eval.txt``: crows_pairs_english, wikitext and the shared folder's
+offline tasks on the local files, the others from the hub when it can be reached; ``--lm-eval-tasks`` chooses
+tasks and groups: ``paper``, ``zeroshot-offline``, ``bias-offline``; ``--lm-eval-scorer`` how they are scored)::
+
+    python evaluation/run_eval.py --model fp=smollm2-135m --tasks lm_eval \
+        --lm-eval-tasks zeroshot-offline,bias-offline --out results/suite
+
+``--eraser NAME=FILE`` evaluates model NAME with an INLP/LEACE eraser (``evaluation/fit_eraser.py``) applied to
+its final hidden states; the eraser (file name, sha256, kind, labels) is part of that model's settings, so a
+stored run made without it (or with another) is never reused for it::
+
+    python evaluation/run_eval.py --model fp=smollm2-135m --model fp-inlp=smollm2-135m \\
+        --eraser fp-inlp=outputs/erasers/smollm2-inlp.pt --out results/erasure
 
 Every (model, task) result is written as soon as it is done to ``OUT/runs/<model>/<task>.json``
 (atomically), with the settings that produced it and the per-item scores; a rerun reuses it
@@ -32,8 +43,10 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
+
+from evaluation.subsets import parse_subset_spec  # noqa: E402
 
 TASKS = ("crows_pairs", "stereoset", "wikitext2", "lm_eval")
 SCORING_VERSION = 1  # bump when the engine or a metric changes: stored runs are then recomputed
@@ -56,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="model to evaluate (repeatable; the first is the baseline). PATH: a preset "
                         "(smollm2-135m), a local folder (full precision or GPTQ) or a hub id")
+    p.add_argument("--eraser", action="append", default=[], metavar="NAME=FILE",
+                   help="apply an eraser file (evaluation/fit_eraser.py) to model NAME's final hidden states "
+                        "(repeatable, one per model)")
     p.add_argument("--tasks", default="crows_pairs,stereoset,wikitext2",
                    help=f"comma-separated, from {', '.join(TASKS)} (default: %(default)s)")
     p.add_argument("--out", required=True, help="results folder")
@@ -82,7 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wikitext2", default=None, metavar="PATH",
                    help="WikiText-2 test: joined .txt, rows .jsonl or a folder with either")
     p.add_argument("--protocol", default="gptq", choices=["gptq", "paper"], help="perplexity protocol")
-    p.add_argument("--lm-eval-tasks", default=None, help="comma-separated lm-eval tasks (default: the paper's)")
+    p.add_argument("--lm-eval-tasks", default=None,
+                   help="comma-separated lm-eval tasks and groups: paper (the default), zeroshot-offline "
+                        "(piqa, openbookqa, boolq, social_iqa, truthfulqa_mc2), bias-offline (bbq, winogender_*, "
+                        "crows_pairs_english)")
+    p.add_argument("--lm-eval-scorer", default="shared-context", choices=["shared-context", "hflm"],
+                   help="lm-eval loglikelihood scorer: shared-context computes each context once for all its "
+                        "choices (same numbers to float rounding); hflm is lm-eval's HFLM (default: %(default)s)")
+    p.add_argument("--lm-eval-subset", default=None, metavar="TASK=N,...",
+                   help="score a fixed, seeded subset of these lm-eval tasks (N items, or 'all'; drawn with --seed, "
+                        "the same items for every model, recorded by sha256); other lm-eval tasks run whole. "
+                        "Not together with --max-items (which takes each task's first items)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and lm-eval seed (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -127,6 +153,27 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
     return parsed
 
 
+def parse_erasers(specs: list[str], model_names: list[str]) -> dict[str, str]:
+    """["NAME=FILE", ...] -> {model name: eraser file}; each file is read (and refused) here, before any model."""
+    from fair_gptq.erasure.artifact import EraserFileError, load_eraser
+
+    erasers: dict[str, str] = {}
+    for spec in specs:
+        name, sep, file = (part.strip() for part in spec.partition("="))
+        if not sep or not name or not file:
+            raise UsageError(f"bad --eraser {spec!r}: expected NAME=FILE, e.g. fp-inlp=outputs/erasers/inlp.pt")
+        if name not in model_names:
+            raise UsageError(f"--eraser {name}: no --model of that name (models: {', '.join(model_names)})")
+        if name in erasers:
+            raise UsageError(f"--eraser {name}: given twice")
+        try:
+            load_eraser(file)
+        except EraserFileError as exc:
+            raise UsageError(f"--eraser {name}: {exc}") from exc
+        erasers[name] = file
+    return erasers
+
+
 def _check_positive(args) -> None:
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--seqlen", args.seqlen, 2),
                              ("--max-windows", args.max_windows, 1), ("--max-items", args.max_items, 1),
@@ -155,7 +202,7 @@ def load_task_data(args, tasks: list[str], lm_eval_tasks=()) -> dict:
                 text = data.load_wikitext2_text(source)
             loaded["wikitext2"] = {"text": text, "source": source.describe(),
                                    "fingerprint": data.source_fingerprint(source)}
-        if "lm_eval" in tasks:  # local files for lm-eval's own crows_pairs_english / wikitext tasks
+        if "lm_eval" in tasks:  # local files for lm-eval's own tasks (CrowS-Pairs, WikiText-2, the shared folder's)
             from evaluation.lm_eval_tasks import resolve_local_data
 
             loaded["lm_eval"] = resolve_local_data(list(lm_eval_tasks), args.crows_pairs, args.wikitext2)
@@ -177,7 +224,8 @@ def _config_max_positions(path: str) -> int | None:
     return config_max_length(AutoConfig.from_pretrained(path))
 
 
-def task_settings(task: str, args, path: str, data: dict, device: str, dtype: str, lm_eval_tasks) -> dict:
+def task_settings(task: str, args, path: str, data: dict, device: str, dtype: str, lm_eval_tasks,
+                  eraser: str | None = None) -> dict:
     """Everything that changes a (model, task) result; a stored run is reused only on equality."""
     from evaluation.models import model_fingerprint
 
@@ -186,6 +234,10 @@ def task_settings(task: str, args, path: str, data: dict, device: str, dtype: st
     settings = {"task": task, "scoring_version": SCORING_VERSION, "model_path": portable_path(path),
                 "model_fingerprint": model_fingerprint(path), "device": device.split(":")[0], "dtype": dtype,
                 "gptq_backend": args.gptq_backend}
+    if eraser is not None:  # only then: runs stored before erasers existed keep their settings (and stay reusable)
+        from fair_gptq.erasure.artifact import describe_eraser, load_eraser
+
+        settings["eraser"] = describe_eraser(load_eraser(eraser), eraser)
     if task == "crows_pairs":
         settings.update(data_sha256=data["crows_pairs"].sha256, max_items=args.max_items)
     elif task == "stereoset":
@@ -201,7 +253,9 @@ def task_settings(task: str, args, path: str, data: dict, device: str, dtype: st
         from evaluation.lm_eval_bridge import run_settings
 
         settings.update(lm_eval_tasks=list(lm_eval_tasks), limit=args.max_items, seed=args.seed,
-                        **run_settings(list(lm_eval_tasks), data["lm_eval"]))
+                        **run_settings(list(lm_eval_tasks), data["lm_eval"], args.lm_eval_scorer))
+        if args.lm_eval_subset:  # only when set: runs stored before subsets existed keep their settings
+            settings["subsets"] = parse_subset_spec(args.lm_eval_subset)
     return settings
 
 
@@ -241,7 +295,8 @@ def run_task(task: str, lm, args, data: dict, settings: dict, lm_eval_tasks) -> 
                                           wt["source"], progress)
     from evaluation.lm_eval_bridge import run_lm_eval
 
-    return run_lm_eval(lm, lm_eval_tasks, args.batch_size, args.max_items, args.seed, data["lm_eval"])
+    return run_lm_eval(lm, lm_eval_tasks, args.batch_size, args.max_items, args.seed, data["lm_eval"],
+                       args.lm_eval_scorer, settings.get("subsets"))
 
 
 def summary_line(task: str, record: dict) -> str:
@@ -277,6 +332,7 @@ class Plan:
     lm_eval_tasks: list[str]
     data: dict
     settings: dict  # name -> task -> settings
+    erasers: dict = field(default_factory=dict)  # name -> eraser file (--eraser)
 
 
 def _warn_if_calibrated_on_evaluated_items(models, split: dict) -> None:
@@ -292,26 +348,62 @@ def _warn_if_calibrated_on_evaluated_items(models, split: dict) -> None:
                 print(f"warning: {name}: {warning}", flush=True)
 
 
+def _warn_if_erasers_saw_evaluated_items(erasers: dict[str, str], split: dict) -> None:
+    from fair_gptq.erasure.artifact import load_eraser
+    from fair_gptq.split import overlap_warning
+
+    for name, file in erasers.items():
+        fitted_on = load_eraser(file).metadata.get("fitting", {}).get("pairs", {}).get("split")
+        if (warning := overlap_warning(fitted_on, split)) is not None:
+            print(f"warning: {name}: its eraser was {warning.replace('calibrated', 'fitted', 1)}", flush=True)
+
+
+def check_subset(args, lm_eval_tasks: list[str]) -> None:
+    """--lm-eval-subset must name lm-eval tasks of this run and cannot share the choice of items with --max-items."""
+    try:
+        sizes = parse_subset_spec(args.lm_eval_subset)
+    except ValueError as exc:
+        raise UsageError(f"--lm-eval-subset: {exc}") from exc
+    if args.max_items:
+        raise UsageError("--lm-eval-subset and --max-items both choose lm-eval items (a seeded subset, the first N): "
+                         "use one")
+    stray = [task for task in sizes if task not in lm_eval_tasks]
+    if stray:
+        raise UsageError(f"--lm-eval-subset names {', '.join(stray)}, not among --lm-eval-tasks "
+                         f"({', '.join(lm_eval_tasks)})")
+
+
 def make_plan(args) -> Plan:
     """Validate the command line and read the data; raises UsageError / ValueError / OSError."""
-    from evaluation.lm_eval_bridge import PAPER_TASKS, unavailable_reason
+    from evaluation.lm_eval_bridge import skipped_offline, unavailable_reason
+    from evaluation.lm_eval_groups import expand_tasks
     from evaluation.models import dtype_name, resolve_device, resolve_dtype
 
     tasks = parse_tasks(args.tasks)
     _check_positive(args)
     models = parse_models(args.model)
+    erasers = parse_erasers(args.eraser, [name for name, _ in models])
     device = resolve_device(args.device)
     dtype = dtype_name(resolve_dtype(args.dtype, device))
-    lm_eval_tasks = [t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()] or list(PAPER_TASKS)
+    lm_eval_tasks = expand_tasks(args.lm_eval_tasks)
+    if args.lm_eval_subset and "lm_eval" in tasks:
+        check_subset(args, lm_eval_tasks)
     if "lm_eval" in tasks and (reason := unavailable_reason()):
         print(f"lm_eval: {reason}", flush=True)
         tasks.remove("lm_eval")
     data = load_task_data(args, tasks, lm_eval_tasks)
+    skipped = skipped_offline(lm_eval_tasks, data["lm_eval"]) if "lm_eval" in tasks else {}
+    if "lm_eval" in tasks and set(skipped) == set(lm_eval_tasks):  # nothing to run: say so now, load no model
+        for task, why in skipped.items():
+            print(f"lm_eval: {task} unavailable ({why})", flush=True)
+        tasks.remove("lm_eval")
     if "stereoset" in data:
         _warn_if_calibrated_on_evaluated_items(models, data["stereoset"].split)
-    settings = {name: {t: task_settings(t, args, path, data, device, dtype, lm_eval_tasks) for t in tasks}
+        _warn_if_erasers_saw_evaluated_items(erasers, data["stereoset"].split)
+    settings = {name: {t: task_settings(t, args, path, data, device, dtype, lm_eval_tasks, erasers.get(name))
+                       for t in tasks}
                 for name, path in models}
-    return Plan(tasks, models, device, dtype, lm_eval_tasks, data, settings)
+    return Plan(tasks, models, device, dtype, lm_eval_tasks, data, settings, erasers)
 
 
 def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
@@ -335,7 +427,8 @@ def evaluate_model(name: str, path: str, plan: Plan, args, out: Path) -> dict:
         return runs
     print(f"{name}: loading {path}", flush=True)
     try:
-        lm = load_model(path, name=name, device=plan.device, dtype=args.dtype, gptq_backend=args.gptq_backend)
+        lm = load_model(path, name=name, device=plan.device, dtype=args.dtype, gptq_backend=args.gptq_backend,
+                        eraser=plan.erasers.get(name))
     except Exception as exc:  # noqa: BLE001 - reported in one line by main(); stored runs stay
         raise ModelLoadError(f"could not load model {name} from {path}: {type(exc).__name__}: {exc}") from exc
     for task in pending:

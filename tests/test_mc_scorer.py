@@ -1,0 +1,209 @@
+"""The shared-context scorer (evaluation/lm_eval_scorer.py) against lm-eval's own HFLM, the independent reference.
+
+On the same requests both must give the same log-likelihood (float rounding), the same is_greedy and, through the
+task's own process_results, the same acc: on hand-made requests that exercise every path (shared contexts,
+continuations with a common start, empty and lone contexts, requests HFLM truncates) and on real PIQA, BBQ and BoolQ
+items from the shared files; on the tiny Mistral (Llama-style), the tiny OPT and its GPTQ checkpoint.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_eval_models import no_torch_compile, tiny_opt_gptq_dir  # noqa: F401 (fixtures: a 4-bit tiny OPT)
+
+from evaluation import lm_eval_bridge, lm_eval_tasks, models
+
+pytest.importorskip("lm_eval")
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from evaluation.lm_eval_scorer import (  # noqa: E402
+    Row, attention_mask, batch_rows, pack_rows, plan_sharing, shared_length)
+
+LL_TOLERANCE = dict(rel=1e-5, abs=1e-4)  # float32 sums of a few dozen log-probs, computed in different shapes
+
+
+# ----------------------------------------------------------------------------- the planning, by hand
+
+
+def _request(context: str, ctx: list[int], cont: list[int]):
+    return ((context, "x"), ctx, cont)
+
+
+def test_plan_groups_shared_contexts_and_sends_the_rest_to_hflm():
+    requests = [_request("a", [1, 2], [3]), _request("a", [1, 2], [4, 5]),  # shared context
+                _request("", [0], [3]), _request("", [0], [4]),  # empty context: the prefix token only
+                _request("b", [7], [8]),  # a context nobody shares
+                _request("c", [1, 9], [3]), _request("c", [1, 9], [4] * 8),  # the second is longer than 8 + 1 tokens
+                (None, [1, 2], [3])]  # a rolling window (no strings)
+    plan = plan_sharing(requests, max_length=8)
+    assert plan.groups == [[0, 1]]
+    assert plan.fallback == [2, 3, 4, 5, 6, 7]
+
+
+def test_shared_length_leaves_every_sequence_a_target():
+    assert shared_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token to predict
+    assert shared_length([[1, 2], [3, 2]]) == 0
+
+
+def test_pack_rows_positions_segments_and_splitting():
+    requests = [_request("c", [5, 6], [7, 8, 9]), _request("c", [5, 6], [7, 8, 4, 4]), _request("c", [5, 6], [7, 3])]
+    (row,) = pack_rows(requests, [0, 1, 2], max_tokens=100)
+    # shared start: 5 6 7 (the context and the common first continuation token); tails are sequence[3:-1]
+    assert row.tokens == [5, 6, 7, 8, 8, 4]
+    assert row.positions == [0, 1, 2, 3, 3, 4]
+    assert row.segment == [0, 0, 0, 1, 2, 2]
+    assert (row.n_context, row.shared) == (2, 3)
+    assert row.tails == [(0, 3, 1), (1, 4, 2), (2, 6, 0)]  # the third request is all shared start
+    rows = pack_rows(requests, [0, 1, 2], max_tokens=5)
+    assert [r.tokens for r in rows] == [[5, 6, 7, 8], [5, 6, 7, 8, 4]]  # a new row repeats the shared start
+    assert [r.tails for r in rows] == [[(0, 3, 1)], [(1, 3, 2), (2, 5, 0)]]
+
+
+def test_attention_mask_sees_shared_start_and_own_tail_only():
+    row = Row([5, 6, 7, 8, 9, 4], [0, 1, 2, 2, 2, 3], [0, 0, 1, 2, 2, 3], 2, 2, [])
+    allowed = attention_mask([row], 7, torch.float32, "cpu")[0, 0] == 0
+    want = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
+                         [1, 1, 0, 0, 0, 0, 0],
+                         [1, 1, 1, 0, 0, 0, 0],
+                         [1, 1, 0, 1, 0, 0, 0],
+                         [1, 1, 0, 1, 1, 0, 0],
+                         [1, 1, 0, 0, 0, 1, 0],
+                         [0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)  # the last column/row: padding, sees itself
+    assert torch.equal(allowed, want)
+
+
+def test_batches_cap_rows_and_padding():
+    rows = [Row([0] * n, [], [], 1, 1, []) for n in (40, 30, 21, 19, 18, 5)]
+    assert [[len(r.tokens) for r in b] for b in batch_rows(rows, 3)] == [[40, 30, 21], [19, 18], [5]]
+
+
+# ----------------------------------------------------------------------------- agreement with HFLM
+
+
+@pytest.fixture(scope="module")
+def mistral(tiny_mistral_dir):
+    return models.load_model(str(tiny_mistral_dir), name="mistral", device="cpu")
+
+
+def _instances(pairs):
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def _greedy_text(lm, context: str, n: int) -> str:
+    """What the model itself would write after ``context``: continuations that HFLM calls greedy."""
+    ids = lm.tokenizer(context, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = lm.model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    return lm.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def _hand_made(lm) -> list[tuple[str, str]]:
+    contexts = ["The nurse said that", "Question: Where do fish live?\nAnswer:", "She went to the park and "]
+    endings = [" she would come back", " he would come back tomorrow", " they", " in the sea", " in the sea."]
+    pairs = [(c, e) for c in contexts for e in endings]
+    pairs += [(c, _greedy_text(lm, c, 3)) for c in contexts]  # greedy continuations, shared contexts
+    pairs += [("", " The nurse helped the patient."), ("", " The engineer fixed the bridge.")]  # empty context
+    pairs += [("A context nobody else has", " and an ending")]
+    pairs += [("Long " * 150, " one"), ("Long " * 150, " two")]  # past 256 positions: HFLM truncates them
+    return pairs
+
+
+def _score(lm, instances, scorer: str, batch_size: int = 4):
+    wrapper = lm_eval_bridge.wrap_model(lm, batch_size, scorer)
+    return wrapper.loglikelihood(instances, disable_tqdm=True), wrapper
+
+
+def _assert_agree(reference, got):
+    assert len(reference) == len(got)
+    for i, (want, have) in enumerate(zip(reference, got)):
+        assert have[0] == pytest.approx(want[0], **LL_TOLERANCE), i
+        assert have[1] == want[1], i
+
+
+@pytest.mark.slow
+def test_hand_made_requests_agree_with_hflm(mistral):
+    instances = _instances(_hand_made(mistral))
+    reference, _ = _score(mistral, instances, "hflm")
+    got, scorer = _score(mistral, instances, "shared-context")
+    _assert_agree(reference, got)
+    assert any(greedy for _, greedy in reference)  # the is_greedy comparison is not all-False
+    # 3 contexts x 6 endings shared; the empty, lone and truncated requests went to HFLM
+    assert (scorer.stats["requests_shared"], scorer.stats["requests_hflm"], scorer.stats["contexts"]) == (18, 5, 3)
+    for batch_size in (1, 64):  # batching changes shapes, not results
+        _assert_agree(reference, _score(mistral, instances, "shared-context", batch_size)[0])
+
+
+@pytest.mark.slow
+def test_gptq_and_opt_agree_with_hflm(tiny_opt_dir, tiny_opt_gptq_dir):  # noqa: F811
+    pairs = [(c, e) for c in ("The nurse said that", "Fish live") for e in (" she", " he would", " in the sea")]
+    for path in (tiny_opt_dir, tiny_opt_gptq_dir):
+        lm = models.load_model(str(path), device="cpu")
+        instances = _instances(pairs)
+        _assert_agree(_score(lm, instances, "hflm")[0], _score(lm, instances, "shared-context")[0])
+
+
+@pytest.mark.slow
+def test_requests_past_a_sliding_window_go_to_hflm(mistral, monkeypatch):
+    # the 4-D mask replaces the model's own, sliding window included: only requests within the window are shared
+    monkeypatch.setattr(mistral.model.config, "sliding_window", 12)
+    instances = _instances([("Fish", " live"), ("Fish", " swim"), ("Fish live in the sea and", " swim all day long"),
+                            ("Fish live in the sea and", " sleep")])
+    reference, _ = _score(mistral, instances, "hflm")
+    got, scorer = _score(mistral, instances, "shared-context")
+    _assert_agree(reference, got)
+    assert (scorer.stats["requests_shared"], scorer.stats["requests_hflm"]) == (2, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ignored", ["position_ids", "attention_mask"])
+def test_a_model_that_ignores_positions_or_masks_is_refused(mistral, monkeypatch, ignored):
+    forward = mistral.model.forward
+
+    def without(*args, **kwargs):
+        kwargs.pop(ignored, None)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(mistral.model, "forward", without)
+    with pytest.raises(ValueError, match="does not reproduce HFLM.*--lm-eval-scorer hflm"):
+        lm_eval_bridge.wrap_model(mistral, 4, "shared-context")
+
+
+def test_unknown_scorer_is_refused(mistral):
+    with pytest.raises(ValueError, match="unknown lm-eval scorer"):
+        lm_eval_bridge.wrap_model(mistral, 4, "fast")
+
+
+@pytest.fixture(scope="module")
+def real_tasks(tmp_path_factory):
+    local = lm_eval_tasks.resolve_local_data(["piqa", "bbq", "boolq"])
+    missing = {"piqa", "bbq", "boolq"} - set(local.offline)
+    if missing:
+        pytest.skip(f"shared lm_eval data missing for {sorted(missing)}")
+    folder = tmp_path_factory.mktemp("mc_tasks")
+    manager = lm_eval_bridge.build_task_manager(folder, ["piqa", "bbq", "boolq"], local)
+    return {name: manager.load([name])["tasks"][name] for name in ("piqa", "bbq", "boolq")}
+
+
+def _acc(task, instances, answers) -> list[float]:
+    """lm-eval's own per-document acc (the task's process_results) from the per-request answers."""
+    by_doc: dict[int, list] = {}
+    for instance, answer in zip(instances, answers):
+        by_doc.setdefault(instance.doc_id, []).append((instance.idx, instance.doc, answer))
+    return [task.process_results(rows[0][1], [a for _, _, a in sorted(rows, key=lambda r: r[0])])["acc"]
+            for rows in (by_doc[d] for d in sorted(by_doc))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, docs", [("piqa", [0, 1, 2, 3, 4, 5]), ("bbq", [0, 1, 3700, 5300]),
+                                        ("boolq", [0, 1, 2, 3])])
+def test_real_items_agree_with_hflm(mistral, real_tasks, name, docs):
+    task = real_tasks[name]
+    task.build_all_requests(samples=docs)
+    instances = list(task.instances)
+    reference, _ = _score(mistral, instances, "hflm")
+    got, scorer = _score(mistral, instances, "shared-context")
+    _assert_agree(reference, got)
+    assert _acc(task, instances, got) == _acc(task, instances, reference)
+    assert scorer.stats["requests_shared"] > 0  # not everything fell back to HFLM
