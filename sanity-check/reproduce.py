@@ -218,11 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-jobs", action="store_true", help="study: print one command per variant and stop")
     p.add_argument("--only", default=None, metavar="NAME", help="study: run this variant's job only")
     p.add_argument("--report", action="store_true", help="study: only collect the finished jobs into the report")
+    p.add_argument("--stage", default="study", choices=["study", "checkpoint", "pilot", "suite"],
+                   help="study: 'study' = the first-stage jobs (quantize, CrowS, StereoSet, WikiText-2, mechanism); "
+                        "'checkpoint' = put each variant's checkpoint into --models-dir and check that it is the "
+                        "model its committed results were measured on (sanity-check/suite_jobs.py); 'suite' = the paper's "
+                        "lm-eval tasks on seeded subsets on that checkpoint (runs/<variant>/lm_eval.json); 'pilot' = "
+                        "quantize into --models-dir and print the perplexity on 4 windows (nothing committed)")
     p.add_argument("--models-dir", default=None,
                    help="study: where quantized models go (default outputs/study-models/<model>; never committed)")
     p.add_argument("--alphas", default=None, help="study: comma-separated alpha grid (default 0.1,0.3,1,3; quick 1)")
     p.add_argument("--modes", default=None,
-                   help="study: calibration modes (default stereo-anti,shuffled,unrelated,stereo-anti-eq)")
+                   help="study: calibration modes (default stereo-anti,shuffled,unrelated,stereo-anti-eq; also "
+                        "direction,direction-random,direction-sign-shuffled,direction-unrelated: the direction term "
+                        "and its controls)")
     p.add_argument("--references", default=None,
                    help="study: plain-GPTQ references (default gptq,gptq-3bit,gptq-g-1; '' = none)")
     p.add_argument("--mechanism-pairs", type=int, default=0,
@@ -255,6 +263,7 @@ def study_main(args, argv: list[str]) -> int:
     """The controlled study: list, run one or all jobs, and write the report from whatever is finished."""
     import study_jobs
     from study.report import write_study_report
+    from study.suite import summary_fields, write_suite_report
 
     if args.quick:
         args.pairs, args.max_items = args.pairs or 16, args.max_items or 100
@@ -278,13 +287,26 @@ def study_main(args, argv: list[str]) -> int:
     out = Path(args.out)
     if args.list_jobs:
         for variant in variants:
-            print(study_jobs.job_command(variant, study_jobs.study_arguments(argv)))
+            stage = [] if args.stage == "study" else ["--stage", args.stage]
+            print(study_jobs.job_command(variant, study_jobs.study_arguments(argv) + stage))
         return 0
     models_dir = Path(args.models_dir or ROOT / "outputs" / "study-models" / Path(args.model).name)
+    args.grid_argv = study_jobs.study_arguments(argv)  # recorded in each job.json: the command that reruns it
     if not args.report:
         for variant in variants:
-            if args.only in (None, variant.name):
+            if args.only not in (None, variant.name):
+                continue
+            if args.stage in ("checkpoint", "pilot", "suite"):
+                import suite_jobs
+
+                stage = {"pilot": lambda: suite_jobs.pilot_stage(variant, args, models_dir),
+                         "checkpoint": lambda: suite_jobs.checkpoint_stage(variant, args, out, models_dir),
+                         "suite": lambda: suite_jobs.suite_stage(variant, args, out, models_dir)}[args.stage]
+                stage()
+            else:
                 study_jobs.run_job(variant, args, out, models_dir)
+        if args.stage != "study":
+            return 0  # checkpoints and pilots add nothing to the report; --report rebuilds it
     header = [f"# Fair-GPTQ controlled study: {args.model}", "",
               f"Command (every job, then this report): `python sanity-check/reproduce.py "
               f"{' '.join(study_jobs.study_arguments(argv))}`; add `--report` to rebuild the report alone, "
@@ -295,12 +317,40 @@ def study_main(args, argv: list[str]) -> int:
               f"strategy all, sum_hessians=1, the family's default modules); evaluation: "
               f"{'every' if not args.max_items else args.max_items} CrowS-Pairs pair(s) and held-out StereoSet item(s), "
               f"{args.max_windows} WikiText-2 window(s) of {args.seqlen or 2048} tokens."]
+    others = study_jobs.stored_variants(out, variants)  # finished jobs of other grids in the same folder
+    if others:
+        header[2] = header[2].replace("Command (every job, then this report)", "Command (this grid's jobs, then "
+                                      "this report)")
+        header.insert(3, f"Also reported, finished by other grids in this folder (each job's command is in "
+                         f"`runs/<variant>/job.json`): {', '.join(v.name for v in others)}.  ")
+    variants = variants + others
     keys = {v.name: study_jobs.job_key(v, study_jobs.study_settings(args)) for v in variants}
+    suite = write_suite_report(out, [v.name for v in variants], suite_header(args), n_boot=args.bootstrap,
+                               seed=args.seed)
+    if suite:
+        print(f"suite report: {out / 'suite.md'}", flush=True)
     summary = write_study_report(out, variants, header, n_boot=args.bootstrap, seed=args.seed, keys=keys,
-                                 model=args.model)
+                                 model=args.model, variant_fields=summary_fields(suite) if suite else None)
     print(f"study report: {out / 'summary.md'} ({len(summary['variants'])} of {len(variants)} variants finished)",
           flush=True)
     return 0
+
+
+def suite_header(args) -> list[str]:
+    """The head of suite.md: the command, the date, the subsets and what BBQ covers."""
+    import suite_jobs
+
+    subsets = ", ".join(f"{task} {size or 'all'}" for task, size in suite_jobs.SUITE_SUBSETS.items())
+    return [f"# Fair-GPTQ study, evaluation suite: {args.model}", "",
+            f"Command per variant: `python sanity-check/reproduce.py {' '.join(args.grid_argv)} --stage suite "
+            f"--only NAME` (needs the variant's first-stage job; its checkpoint comes from the local cache or is "
+            f"quantized again and checked); add `--report` to rebuild this report alone.  ",
+            f"Report written: {time.strftime('%Y-%m-%d')}; per-variant dates, versions and the checkpoint check are in "
+            f"`runs/<variant>/suite_job.json`, `runs/<variant>/checkpoint.json` and `runs/<variant>/lm_eval.json`.  ",
+            f"lm-eval 0.4.13 tasks on fixed subsets drawn with seed {args.seed} ({subsets}), zero-shot (TruthfulQA with "
+            f"lm-eval's fixed QA primer), scored by the shared-context scorer. BBQ is the shared folder's PARTIAL "
+            f"file (6 of 11 categories): its figures cover those categories only. These offline tasks stand in for "
+            f"the paper's set (ARC, HellaSwag, XStoryCloze-en are not available offline)."]
 
 
 def main(argv=None) -> int:

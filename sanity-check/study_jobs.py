@@ -5,7 +5,8 @@ the mechanism (study/mechanism.py) and writes, under `<out>/runs/<variant>/`:
     crows_pairs.json  stereoset.json  wikitext2.json   per-task results with per-item scores (evaluation.store)
     mechanism.json                                       ‖QD‖/‖WD‖ on held-out pairs (not for fp)
     quantization.json                                    the main job's fair_gptq_run.json (not for fp)
-    job.json                                             written last: the job's settings key; "done" marker
+    job.json                                             written last: the job's settings key, the commit it
+                                                         started from, the checkpoint's sha256; "done" marker
 A variant whose job.json matches the current settings is skipped entirely: neither quantized nor evaluated,
 so a fresh clone resumes from the committed files without any model folder. Models go to `--models-dir`
 (never committed).
@@ -26,13 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STUDY_ALPHAS = (0.1, 0.3, 1.0, 3.0)
 QUICK_ALPHAS = (1.0,)
-# mode name -> (main-job --pairs, --pair-alignment)
+# mode name -> (main-job --pairs, --pair-alignment, further main-job arguments)
 STUDY_MODES = {
-    "stereo-anti": ("stereo-anti", "position"),
-    "shuffled": ("shuffled", "position"),
-    "unrelated": ("unrelated", "position"),
-    "stereo-anti-eq": ("stereo-anti", "equal-length"),
+    "stereo-anti": ("stereo-anti", "position", ()),
+    "shuffled": ("shuffled", "position", ()),
+    "unrelated": ("unrelated", "position", ()),
+    "stereo-anti-eq": ("stereo-anti", "equal-length", ()),
+    # the direction term (fair_target="direction", rank 1) and its three controls: a random direction of the same
+    # weight, pairs whose order is flipped for half of them (the mean cancels), unrelated pairs
+    "direction": ("stereo-anti", "position", ("--fair-target", "direction")),
+    "direction-random": ("stereo-anti", "position", ("--fair-target", "random-direction")),
+    "direction-sign-shuffled": ("sign-shuffled", "position", ("--fair-target", "direction")),
+    "direction-unrelated": ("unrelated", "position", ("--fair-target", "direction")),
 }
+DEFAULT_MODES = ("stereo-anti", "shuffled", "unrelated", "stereo-anti-eq")
 JOB_FORMAT = "fair_gptq.study.job/1"
 TASKS = ("crows_pairs", "stereoset", "wikitext2")
 
@@ -52,7 +60,7 @@ class Variant:
     def quantize_arguments(self) -> list[str]:
         return ["--alpha", f"{self.alpha:g}", "--bits", str(self.bits), "--group-size", str(self.group_size),
                 "--pairs", self.pairs, "--pair-alignment", self.pair_alignment, "--strategy", "all",
-                "--sum-hessians", "1"]
+                "--sum-hessians", "1", *self.extra]
 
 
 REFERENCES = {"gptq": {}, "gptq-3bit": {"bits": 3}, "gptq-g-1": {"group_size": -1}}
@@ -64,7 +72,7 @@ def study_variants(quick: bool = False, alphas=None, modes=None, references=None
 
     `alphas`, `modes` and `references` select a reduced grid (e.g. a replication on another model)."""
     alphas = tuple(alphas) if alphas else (QUICK_ALPHAS if quick else STUDY_ALPHAS)
-    modes = tuple(modes) if modes else tuple(STUDY_MODES)
+    modes = tuple(modes) if modes else DEFAULT_MODES
     references = tuple(references) if references is not None else tuple(REFERENCES)
     unknown = [m for m in modes if m not in STUDY_MODES] + [r for r in references if r not in REFERENCES]
     if unknown:
@@ -73,10 +81,23 @@ def study_variants(quick: bool = False, alphas=None, modes=None, references=None
     variants = [Variant("fp", "fp")] + [Variant(name, "reference", **REFERENCES[name]) for name in references]
     for alpha in sorted(alphas, key=lambda a: (a != 1.0, -a)):
         for mode in modes:
-            pairs, alignment = STUDY_MODES[mode]
+            pairs, alignment, extra = STUDY_MODES[mode]
             variants.append(Variant(f"{mode}-a{alpha:g}", "curve", mode=mode, pairs=pairs, pair_alignment=alignment,
-                                    alpha=alpha))
+                                    alpha=alpha, extra=extra))
     return variants
+
+
+def stored_variants(out: Path, known: list[Variant]) -> list[Variant]:
+    """The variants of finished jobs under `out/runs/` that `known` does not list (e.g. another grid's, run with
+    other --modes/--alphas into the same folder), rebuilt from their job.json, so one report covers them all."""
+    names, found = {v.name for v in known}, []
+    for job_file in sorted((out / "runs").glob("*/job.json")):
+        if job_file.parent.name in names:
+            continue
+        stored = recorded_job(job_file.parent).get("variant")
+        if stored:
+            found.append(Variant(**{**stored, "extra": tuple(stored.get("extra", ()))}))
+    return found
 
 
 def job_key(variant: Variant, settings: dict) -> str:
@@ -106,15 +127,15 @@ def job_done(run_dir: Path, variant: Variant, key: str) -> bool:
 
 
 def study_arguments(argv: list[str]) -> list[str]:
-    """`argv` without the options that pick what to do (--only NAME, --list-jobs, --report): the arguments that
-    define the study, so a report can name the command that reproduces all of it."""
+    """`argv` without the options that pick what to do (--only NAME, --stage NAME, --list-jobs, --report): the
+    arguments that define the study, so a report can name the command that reproduces all of it."""
     kept, skip_next = [], False
     for word in argv:
         if skip_next:
             skip_next = False
-        elif word == "--only":
+        elif word in ("--only", "--stage"):
             skip_next = True
-        elif word not in ("--list-jobs", "--report") and not word.startswith("--only="):
+        elif word not in ("--list-jobs", "--report") and not word.startswith(("--only=", "--stage=")):
             kept.append(word)
     return kept
 
@@ -123,6 +144,14 @@ def job_command(variant: Variant, argv_passthrough: list[str]) -> str:
     """A shell command for one job, runnable from the repository root by the same interpreter."""
     words = [sys.executable, "sanity-check/reproduce.py", *argv_passthrough, "--only", variant.name]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def study_command(variant: Variant, grid_argv: list[str] | None) -> str | None:
+    """The interpreter-independent command that reruns one variant's job (for job.json and the report)."""
+    if grid_argv is None:
+        return None
+    return " ".join(shlex.quote(w) for w in ["python", "sanity-check/reproduce.py", *grid_argv, "--only",
+                                              variant.name])
 
 
 # ----------------------------------------------------------------------------- one job
@@ -142,11 +171,16 @@ def _main_job_module():
 
 
 def stale_model_arguments(out: Path, job_args: list[str]) -> list[str]:
-    """The main-job arguments whose recorded value in `out/fair_gptq_run.json` differs from `job_args`'s."""
-    wanted = vars(_main_job_module().build_parser().parse_args(job_args))
+    """The main-job arguments whose recorded value in `out/fair_gptq_run.json` differs from `job_args`'s.
+
+    An argument the record lacks was added to the main job later; it counts at its default, which keeps the
+    earlier behaviour (new options default off)."""
+    parser = _main_job_module().build_parser()
+    wanted, defaults = vars(parser.parse_args(job_args)), vars(parser.parse_args(["--model", "x"]))
     recorded = json.loads((out / "fair_gptq_run.json").read_text()).get("arguments", {})
-    return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in sorted(wanted.items())
-            if k not in _OUTPUT_ONLY and recorded.get(k) != v]
+    recorded = {k: recorded.get(k, defaults.get(k)) for k in wanted}
+    return [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in sorted(wanted.items())
+            if k not in _OUTPUT_ONLY and recorded[k] != v]
 
 
 def run_main_job(name: str, out: Path, extra: list[str], args, force: bool = False) -> Path:
@@ -237,9 +271,49 @@ def planned_term_modules(args) -> list[str]:
 
 
 def code_revision() -> str | None:
-    """The git commit the job ran from (provenance of committed results), if this is a git checkout."""
+    """The git commit the job starts from (provenance of committed results), "+dirty" when tracked files differ."""
     done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return done.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def checkpoint_sha256(model_path: Path) -> str:
+    """sha256 of a checkpoint's weights (its *.safetensors files, by name and content, in name order).
+
+    The other files carry run ids and timings that differ between two identical quantizations."""
+    digest = hashlib.sha256()
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_path} holds no *.safetensors weights")
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_job(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpoint_record(run_dir: Path, model_path: Path) -> dict:
+    """The checkpoint's digest, and whether it differs from the one an earlier job of this variant recorded."""
+    digest = checkpoint_sha256(model_path)
+    previous = recorded_job(run_dir).get("checkpoint_sha256")
+    record = {"checkpoint_sha256": digest}
+    if previous and previous != digest:
+        print(f"[{run_dir.name}] WARNING: this checkpoint (sha256 {digest[:12]}) differs from the one the earlier "
+              f"results of this variant were measured on ({previous[:12]}): a re-quantization gave other weights",
+              flush=True)
+        record["previous_checkpoint_sha256"] = previous
+    return record
 
 
 def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
@@ -254,13 +328,14 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     if job_done(run_dir, variant, key):
         print(f"[{variant.name}] complete ({run_dir}); skipped", flush=True)
         return False
-    started = time.time()
+    started, revision, checkpoint = time.time(), code_revision(), {}
     fp_path = resolve_model(args.model)
     if variant.kind == "fp":
         evaluate(variant, fp_path, args, out)
     else:
         model_path = run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args,
                                   force=args.force)
+        checkpoint = checkpoint_record(run_dir, model_path)
         evaluate(variant, str(model_path), args, out)
         fingerprint = model_fingerprint(str(model_path))
         if not mechanism_current(run_dir / "mechanism.json", key, fingerprint) or args.force:
@@ -273,7 +348,8 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         write_json_atomic(run_dir / "quantization.json", portable_record(record))
     write_json_atomic(run_dir / "job.json", portable_record(
         {"format": JOB_FORMAT, "key": key, "variant": asdict(variant), "settings": study_settings(args),
-         "code_revision": code_revision(), "seconds": round(time.time() - started),
+         "command": study_command(variant, getattr(args, "grid_argv", None)),
+         "code_revision": revision, **checkpoint, "seconds": round(time.time() - started),
          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     print(f"[{variant.name}] job done in {time.time() - started:.0f} s", flush=True)
     return True

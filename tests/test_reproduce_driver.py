@@ -58,7 +58,7 @@ def test_study_variant_table():
     names = [v.name for v in study_jobs.study_variants()]
     assert names[:4] == ["fp", "gptq", "gptq-3bit", "gptq-g-1"] and len(names) == 20  # 19 quantizations + FP
     curves = [v for v in study_jobs.study_variants() if v.kind == "curve"]
-    assert {(v.mode, v.alpha) for v in curves} == {(m, a) for m in study_jobs.STUDY_MODES for a in (0.1, 0.3, 1.0, 3.0)}
+    assert {(v.mode, v.alpha) for v in curves} == {(m, a) for m in study_jobs.DEFAULT_MODES for a in (0.1, 0.3, 1.0, 3.0)}
     eq = next(v for v in curves if v.name == "stereo-anti-eq-a0.3")
     assert eq.quantize_arguments()[eq.quantize_arguments().index("--pair-alignment") + 1] == "equal-length"
     assert next(v for v in study_jobs.study_variants() if v.name == "gptq-3bit").bits == 3
@@ -142,3 +142,60 @@ def test_a_model_folder_quantized_with_other_settings_is_not_reused(tmp_path):
     assert study_jobs.mechanism_current(mechanism_file, "key", "print")
     assert not study_jobs.mechanism_current(mechanism_file, "key", "other print")
     assert not study_jobs.mechanism_current(mechanism_file, "other key", "print")
+
+
+def test_an_argument_added_later_counts_at_its_default(tmp_path):
+    """A record made before an option existed lacks it: equal to the default, it is not a reason to re-quantize;
+    asked for with another value, it is."""
+    import study_jobs
+
+    base = ["--model", "smollm2-135m", "--out", str(tmp_path), "--max-pairs", "256", "--alpha", "1"]
+    parser = study_jobs._main_job_module().build_parser()
+    recorded = vars(parser.parse_args(base))
+    del recorded["sum_hessians"]  # as if this option had been added to the main job after the record was written
+    (tmp_path / "fair_gptq_run.json").write_text(json.dumps({"arguments": recorded}))
+    assert study_jobs.stale_model_arguments(tmp_path, base) == []
+    recorded["bits"] = 3
+    (tmp_path / "fair_gptq_run.json").write_text(json.dumps({"arguments": recorded}))
+    assert study_jobs.stale_model_arguments(tmp_path, base) == ["bits: 3 -> 4"]
+
+
+def test_checkpoint_sha256_covers_the_weights_only(tmp_path):
+    import hashlib
+
+    import study_jobs
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "fair_gptq_run.json").write_text('{"seconds": 1}')
+    expected = hashlib.sha256(b"model.safetensors\0" + b"weights").hexdigest()
+    assert study_jobs.checkpoint_sha256(tmp_path) == expected
+    (tmp_path / "fair_gptq_run.json").write_text('{"seconds": 2}')  # timings differ between identical runs
+    assert study_jobs.checkpoint_sha256(tmp_path) == expected
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")
+    assert study_jobs.checkpoint_sha256(tmp_path) != expected
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        study_jobs.checkpoint_sha256(tmp_path / "missing")
+
+
+def test_checkpoint_record_reports_a_requantization_that_differs(tmp_path, capsys):
+    import study_jobs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"new weights")
+    run_dir = tmp_path / "runs" / "gptq"
+    run_dir.mkdir(parents=True)
+    assert study_jobs.checkpoint_record(run_dir, model) == {"checkpoint_sha256": study_jobs.checkpoint_sha256(model)}
+    (run_dir / "job.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
+    record = study_jobs.checkpoint_record(run_dir, model)
+    assert record["previous_checkpoint_sha256"] == "0" * 64
+    assert "WARNING" in capsys.readouterr().out
+
+
+def test_suite_subset_spec_names_every_suite_task_with_its_size():
+    import suite_jobs
+    from evaluation.subsets import parse_subset_spec
+
+    assert parse_subset_spec(suite_jobs.subset_spec()) == suite_jobs.SUITE_SUBSETS
+    assert suite_jobs.SUITE_SUBSETS["piqa"] == 1000 and suite_jobs.SUITE_SUBSETS["truthfulqa_mc2"] is None
+    assert set(suite_jobs.ZEROSHOT_TASKS) < set(suite_jobs.SUITE_TASKS)

@@ -16,7 +16,9 @@ from study import analysis
 # no pair term, only loss of precision: FP (none), plain GPTQ, GPTQ without groups, GPTQ at 3 bits
 DEGRADATION = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
 CURVE_STYLE = {"stereo-anti": ("tab:red", "o"), "shuffled": ("tab:blue", "s"),
-               "unrelated": ("tab:green", "^"), "stereo-anti-eq": ("tab:purple", "D")}
+               "unrelated": ("tab:green", "^"), "stereo-anti-eq": ("tab:purple", "D"),
+               "direction": ("tab:orange", "v"), "direction-random": ("tab:gray", "<"),
+               "direction-sign-shuffled": ("tab:cyan", ">"), "direction-unrelated": ("tab:olive", "h")}
 REFERENCE_STYLE = (("fp", "*", "FP"), ("gptq", "s", "plain GPTQ (α=0, 4-bit g128)"),
                    ("gptq-g-1", "P", "GPTQ 4-bit, no groups"), ("gptq-3bit", "X", "GPTQ 3-bit g128"))
 MARKER_HALF_PX = 7  # half the side of the box a marker occupies, in pixels

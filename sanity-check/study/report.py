@@ -18,6 +18,13 @@ from study.plots import DEGRADATION, write_plots
 
 METHOD = "stereo-anti"
 CONTROLS = ("shuffled", "unrelated", "stereo-anti-eq")
+# each method mode and its controls (the same term without the stereotype direction, or with a random one)
+FAMILIES = {METHOD: CONTROLS,
+            "direction": ("direction-random", "direction-sign-shuffled", "direction-unrelated")}
+# further curves a method is compared with at matched perplexity: the direction term against the paper's term on
+# unrelated pairs as well, the cheapest way the study found to move bias scores
+MATCHED_EXTRA = {"direction": ("unrelated",)}
+ALL_CONTROLS = tuple(c for controls in FAMILIES.values() for c in controls)
 
 
 def _read(path: Path):
@@ -97,13 +104,13 @@ def curve(state: dict, mode: str) -> list[str]:
 
 
 def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
-    """stereo-anti minus each control at the same alpha (and minus plain GPTQ), on the same items."""
+    """Each method minus each of its controls at the same alpha (and minus plain GPTQ), on the same items."""
     by_name, out = _by_name(state), []
-    for method in (v for v in state["variants"] if v.mode == METHOD):
-        partners = [c for c in state["variants"] if c.mode in CONTROLS and c.alpha == method.alpha]
+    for method in (v for v in state["variants"] if v.mode in FAMILIES):
+        partners = [c for c in state["variants"] if c.mode in FAMILIES[method.mode] and c.alpha == method.alpha]
         partners += [by_name["gptq"]] if "gptq" in by_name else []
         for control in partners:
-            entry = {"alpha": method.alpha, "method": method.name, "control": control.name,
+            entry = {"alpha": method.alpha, "method": method.name, "mode": method.mode, "control": control.name,
                      "ppl_ratio": rows[method.name]["ppl"] / rows[control.name]["ppl"]}
             for metric in analysis.BIAS_METRICS:
                 task = analysis.METRIC_TASK[metric]
@@ -122,14 +129,15 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
 def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     """The method's bias minus each curve's bias interpolated (log-perplexity) at the method's perplexity."""
     by_name = _by_name(state)
-    curves = {mode: curve(state, mode) for mode in CONTROLS}
-    curves["degradation"] = [n for n in DEGRADATION if n in by_name]
+    degradation = [n for n in DEGRADATION if n in by_name]
     out = []
-    # the method against every curve; each control against the degradation curve too, so "below pure
-    # degradation" can be told apart for the method and for the same term on other pairs
-    for method in (v for v in state["variants"] if v.mode == METHOD or v.mode in CONTROLS):
+    # each method against its controls' curves and the degradation curve; each control against the degradation
+    # curve too, so "below pure degradation" can be told apart for a method and for the same term on other pairs
+    for method in (v for v in state["variants"] if v.mode in FAMILIES or v.mode in ALL_CONTROLS):
+        modes = FAMILIES[method.mode] + MATCHED_EXTRA.get(method.mode, ()) if method.mode in FAMILIES else ()
+        curves = {**{mode: curve(state, mode) for mode in modes}, "degradation": degradation}
         for label, names in curves.items():
-            if len(names) < 2 or (method.mode != METHOD and label != "degradation"):
+            if len(names) < 2:
                 continue
             entry = {"alpha": method.alpha, "method": method.name, "mode": method.mode, "curve": label,
                      "curve_variants": names, "method_ppl": rows[method.name]["ppl"]}
@@ -194,7 +202,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
     if summary.get("stale"):
         lines += ["", f"Left out, stored with other settings (stale): {', '.join(summary['stale'])}."]
-    lines += ["", "## Same alpha: stereo-anti minus each control (paired bootstrap, same items)", "",
+    lines += ["", "## Same alpha: each method minus each of its controls (paired bootstrap, same items)", "",
               "Negative CrowS / SS differences mean the method leaves *less* stereotype preference than the control; "
               "`*` marks a 95 % interval that excludes 0. Intervals resample items (CrowS pairs, StereoSet items, "
               "held-out pairs for ‖QD‖/‖WD‖); each variant is a single quantization run, so run-to-run variation "
@@ -202,14 +210,15 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "Δ |CrowS − 50| and Δ |SS − 50| compare the distances from 50, the ideal of both scores: negative = the "
               "method is closer to 50 than the control. They decide \"better/worse\"; the signed differences do "
               "not once a score falls below 50.", "",
-              "| α | control | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| | PPL ratio | "
-              "Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|---|---|"]
+              "| method | α | control | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| | PPL ratio | "
+              "Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
         cells = _cells(c)
         mech = c.get("mechanism_ratio")
-        lines.append(f"| {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
+        lines.append(f"| {c.get('mode', METHOD)} | {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | "
+                     f"{c['ppl_ratio']:.3f} | "
                      f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
-    lines += ["", "## Matched perplexity: stereo-anti minus each curve at the method's perplexity", "",
+    lines += ["", "## Matched perplexity: each method minus each curve at the method's perplexity", "",
               "Each curve is interpolated linearly in log-perplexity between its points sorted by perplexity (plain "
               "GPTQ at α = 0 and the mode's α values; the degradation curve: FP, plain GPTQ 4-bit g128, 4-bit "
               "without groups, 3-bit g128, none with a pair term). Intervals resample items and, in the same "
@@ -218,13 +227,14 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "range': the method's perplexity is lower than every point of the curve; 'above': higher; no "
               "extrapolation. † marks a curve whose perplexity is not monotone in α (interpolated along the "
               "perplexity-sorted points, not the α order drawn in the plots).", "",
-              "| α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for m in summary["matched"]:
-        if m.get("mode", METHOD) == METHOD:
+        if m.get("mode", METHOD) in FAMILIES:
             dagger = "" if m["crows"].get("monotone", True) else " †"
-            lines.append(f"| {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | {' | '.join(_cells(m))} |")
-    controls = [m for m in summary["matched"] if m.get("mode", METHOD) != METHOD]
+            lines.append(f"| {m.get('mode', METHOD)} | {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | "
+                         f"{' | '.join(_cells(m))} |")
+    controls = [m for m in summary["matched"] if m.get("mode", METHOD) not in FAMILIES]
     if controls:
         lines += ["", "## Matched perplexity: each control minus the degradation curve", "",
                   "The same comparison for the controls, so that a method below pure degradation can be set against "
@@ -257,18 +267,21 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def write_study_report(out: Path, variants, header: list[str], n_boot: int = 1000, seed: int = 0,
-                       keys: dict | None = None, model: str = "") -> dict:
+                       keys: dict | None = None, model: str = "", variant_fields: dict | None = None) -> dict:
+    """`variant_fields` ({variant: {field: value}}) adds the second stage's figures (study.suite) to each variant."""
     state = load_study(out, variants, keys)
-    rows = {v.name: variant_row(v, state["runs"][v.name], state["extra"][v.name], n_boot, seed)
+    rows = {v.name: {**variant_row(v, state["runs"][v.name], state["extra"][v.name], n_boot, seed),
+                     **(variant_fields or {}).get(v.name, {})}
             for v in state["variants"]}
     summary = {"variants": list(rows.values()), "missing": state["missing"], "stale": state["stale"],
-               "curves": {mode: curve(state, mode) for mode in (METHOD,) + CONTROLS},
+               "curves": {mode: points for mode in (*FAMILIES, *ALL_CONTROLS) if (points := curve(state, mode))},
                "comparisons": comparisons(state, rows, n_boot, seed), "matched": matched(state, rows, n_boot, seed),
                "mechanism_per_module": mechanism_modules(state), "bootstrap": {"resamples": n_boot, "seed": seed},
                "header": header}
     summary["plots"] = write_plots(summary, out, title_prefix=f"{model}: " if model else "") if rows else []
     write_json_atomic(out / "summary.json", summary)
-    flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in summary["variants"]]
+    flat = [{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
+            for r in summary["variants"]]
     (out / "summary.csv").write_text(_csv_text(flat), encoding="utf-8")
     per_module = summary["mechanism_per_module"]
     modules = sorted({m for ratios in per_module.values() for m in ratios})

@@ -1,0 +1,247 @@
+"""The study's second stage in numbers: zero-shot accuracy and its retention, BBQ and Winogender per variant.
+
+Reads `runs/<variant>/lm_eval.json` (lm-eval's results and the per-item columns of
+evaluation.lm_eval_bridge.per_item_records) and `runs/<variant>/suite_job.json`; writes `suite.json`, `suite.csv`
+and `suite.md` beside the study's summary.
+
+- Accuracy is lm-eval's `acc` for every task (for truthfulqa_mc2 its `acc` is the MC2 score: the normalised
+  probability mass on the true answers), on the seeded subsets of suite_jobs.SUITE_SUBSETS.
+- Zero-shot average: the unweighted mean of the five zero-shot tasks' accuracies; retention = 100 · average of the
+  variant / average of FP, the paper's "zero-shot retention".
+- BBQ: lm-eval's own aggregates (lm_eval.tasks.bbq.utils) on the stored per-item tuples; bias scores lie in [-1, 1]
+  with 0 the ideal, so Δ|bias| decides better/worse. BBQ here is the shared folder's partial file (6 of 11
+  categories), and every BBQ figure says so.
+- Intervals: 95 % percentile bootstrap over items, each task resampled on its own (seed + task position), the same
+  resamples for every variant, so differences are paired.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.metrics import bootstrap_indices
+
+ZEROSHOT_TASKS = ("piqa", "openbookqa", "boolq", "social_iqa", "truthfulqa_mc2")
+WINOGENDER = "winogender_all"
+BBQ = "bbq"
+BBQ_STATS = ("acc", "accuracy_amb", "accuracy_disamb", "amb_bias_score", "disamb_bias_score")
+BIAS_STATS = ("amb_bias_score", "disamb_bias_score")  # ideal 0
+BASELINE = "fp"
+
+
+# ----------------------------------------------------------------------------- statistics of one variant
+
+
+def _bbq_aggregate(stat: str):
+    from lm_eval.tasks.bbq import utils
+
+    return {"accuracy_amb": utils.agg_accuracy_amb, "accuracy_disamb": utils.agg_accuracy_disamb,
+            "amb_bias_score": utils.agg_amb_bias_scores, "disamb_bias_score": utils.agg_disamb_bias_scores}[stat]
+
+
+def bbq_statistic(items: dict, stat: str, idx: np.ndarray | None = None):
+    """One BBQ aggregate on the items (or on each resample row of `idx`), by lm-eval's own function."""
+    if stat == "acc":
+        acc = np.asarray(items["acc"], dtype=np.float64)
+        return acc.mean() if idx is None else acc[idx].mean(axis=1)
+    column = "accuracy_amb" if stat.startswith("accuracy") else "amb_bias_score"
+    tuples = [tuple(t) for t in items[column]]
+    aggregate = _bbq_aggregate(stat)
+    if idx is None:
+        return float(aggregate(tuples))
+    return np.array([aggregate([tuples[i] for i in row]) for row in idx], dtype=np.float64)
+
+
+def accuracy(items: dict, idx: np.ndarray | None = None):
+    acc = np.asarray(items["acc"], dtype=np.float64)
+    return float(acc.mean()) if idx is None else acc[idx].mean(axis=1)
+
+
+def _ci(values: np.ndarray) -> list[float]:
+    values = values[np.isfinite(values)]
+    return [float(v) for v in np.quantile(values, [0.025, 0.975])] if values.size else [float("nan")] * 2
+
+
+# ----------------------------------------------------------------------------- the variants together
+
+
+def load_suite(out: Path, names: list[str]) -> dict:
+    """{variant: {"items": per-item columns per task, "job": suite_job.json}} for the variants with a suite run."""
+    loaded = {}
+    for name in names:
+        path = out / "runs" / name / "lm_eval.json"
+        if not path.is_file():
+            continue
+        run = json.loads(path.read_text())
+        job_path = out / "runs" / name / "suite_job.json"
+        loaded[name] = {"items": run["per_item"], "data": run["data"],
+                        "job": json.loads(job_path.read_text()) if job_path.is_file() else {}}
+    return loaded
+
+
+def check_same_items(suite: dict) -> dict[str, list[int]]:
+    """Every variant must have scored the same documents of each task; returns {task: doc ids}."""
+    doc_ids = {}
+    for name, entry in suite.items():
+        for task, items in entry["items"].items():
+            if doc_ids.setdefault(task, items["doc_id"]) != items["doc_id"]:
+                raise ValueError(f"{name} scored other {task} items than the other variants: no paired comparison")
+    return doc_ids
+
+
+def resamples(doc_ids: dict[str, list[int]], n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Per task, the item resamples every variant shares (each task its own stream: seed + position)."""
+    return {task: bootstrap_indices(len(ids), n_boot, seed + k) for k, (task, ids) in enumerate(sorted(doc_ids.items()))}
+
+
+def variant_statistics(items: dict, idx: dict[str, np.ndarray]) -> dict[str, tuple[float, np.ndarray]]:
+    """{statistic: (point value, resampled values)} for one variant."""
+    stats = {}
+    for task in ZEROSHOT_TASKS + (WINOGENDER,):
+        if task in items:
+            stats[task] = (accuracy(items[task]), accuracy(items[task], idx[task]))
+    if all(task in stats for task in ZEROSHOT_TASKS):
+        stats["zeroshot_avg"] = (float(np.mean([stats[t][0] for t in ZEROSHOT_TASKS])),
+                                 np.mean([stats[t][1] for t in ZEROSHOT_TASKS], axis=0))
+    if BBQ in items:
+        for stat in BBQ_STATS:
+            stats[f"bbq_{stat}"] = (bbq_statistic(items[BBQ], stat), bbq_statistic(items[BBQ], stat, idx[BBQ]))
+    return stats
+
+
+def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    doc_ids = check_same_items(suite)
+    idx = resamples(doc_ids, n_boot, seed)
+    stats = {name: variant_statistics(entry["items"], idx) for name, entry in suite.items()}
+    rows = []
+    for name, values in stats.items():
+        check = suite[name]["job"].get("checkpoint_check", {})
+        row = {"variant": name, "first_stage_model": check.get("match", True),
+               **{k: {"value": v, "ci": _ci(r)} for k, (v, r) in values.items()}}
+        base = stats.get(BASELINE)
+        if base and "zeroshot_avg" in values and "zeroshot_avg" in base:
+            ratio = 100 * values["zeroshot_avg"][1] / base["zeroshot_avg"][1]
+            row["zeroshot_retention_pct"] = {"value": 100 * values["zeroshot_avg"][0] / base["zeroshot_avg"][0],
+                                             "ci": _ci(ratio)}
+        rows.append(row)
+    return {"variants": rows, "differences": differences(stats),
+            "items": {task: {"n": len(ids), **suite[next(iter(suite))]["data"].get("subsets", {}).get(task, {})}
+                      for task, ids in doc_ids.items()},
+            "bootstrap": {"resamples": n_boot, "seed": seed}}
+
+
+def differences(stats: dict) -> list[dict]:
+    """Each variant minus FP and minus plain GPTQ, paired (same items, same resamples); Δ|bias| for bias scores."""
+    out = []
+    for reference in (BASELINE, "gptq"):
+        if reference not in stats:
+            continue
+        for name, values in stats.items():
+            if name == reference:
+                continue
+            entry = {"variant": name, "reference": reference}
+            for key, (value, resampled) in values.items():
+                if key not in stats[reference]:
+                    continue
+                ref_value, ref_resampled = stats[reference][key]
+                entry[key] = {"value": value - ref_value, "ci": _ci(resampled - ref_resampled)}
+                if key.removeprefix("bbq_") in BIAS_STATS:
+                    entry[f"{key}_abs"] = {"value": abs(value) - abs(ref_value),
+                                           "ci": _ci(np.abs(resampled) - np.abs(ref_resampled))}
+            out.append(entry)
+    return out
+
+
+def summary_fields(summary: dict) -> dict:
+    """Per variant, what the study's summary.json carries: `lm_eval` ({task: {metric: value, "ci", "n"}}),
+    `zeroshot_avg` and `zeroshot_retention_pct` (each {"value", "ci"}), and whether the suite's model is the first
+    stage's."""
+    n = {task: info["n"] for task, info in summary["items"].items()}
+    fields = {}
+    for row in summary["variants"]:
+        lm_eval = {task: {"acc": row[task]["value"], "ci": row[task]["ci"], "n": n[task]}
+                   for task in ZEROSHOT_TASKS + (WINOGENDER,) if task in row}
+        for stat in BBQ_STATS:
+            if f"bbq_{stat}" in row:
+                lm_eval.setdefault(BBQ, {"n": n[BBQ], "partial": True})[stat] = {
+                    "value": row[f"bbq_{stat}"]["value"], "ci": row[f"bbq_{stat}"]["ci"]}
+        fields[row["variant"]] = {"lm_eval": lm_eval, "suite_on_first_stage_model": row["first_stage_model"],
+                                  **{k: row[k] for k in ("zeroshot_avg", "zeroshot_retention_pct") if k in row}}
+    return fields
+
+
+# ----------------------------------------------------------------------------- reporting
+
+COLUMNS = (*ZEROSHOT_TASKS, "zeroshot_avg", "zeroshot_retention_pct", WINOGENDER, *(f"bbq_{s}" for s in BBQ_STATS))
+DIFF_COLUMNS = ("zeroshot_avg", WINOGENDER, "bbq_acc", "bbq_amb_bias_score_abs", "bbq_disamb_bias_score_abs")
+
+
+def _cell(entry: dict | None, scale: float = 100.0, signed: bool = False) -> str:
+    if not entry:
+        return "–"
+    low, high = entry["ci"]
+    lead = "+" if signed and entry["value"] >= 0 else ""
+    star = " *" if signed and (low > 0 or high < 0) else ""
+    return f"{lead}{scale * entry['value']:.2f} [{scale * low:.2f}, {scale * high:.2f}]{star}"
+
+
+def render_markdown(summary: dict, header: list[str]) -> str:
+    scale = {c: (1.0 if c == "zeroshot_retention_pct" else 100.0) for c in COLUMNS}
+    lines = [*header, "", "## Per variant (accuracy in %, BBQ bias scores × 100; 95 % bootstrap intervals)", "",
+             "| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in summary["variants"]:
+        mark = "" if row["first_stage_model"] else " †"
+        lines.append(f"| {row['variant']}{mark} | " + " | ".join(_cell(row.get(c), scale[c]) for c in COLUMNS) + " |")
+    lines += ["", "† the suite ran on a re-quantization that is not the model of the first-stage results "
+              "(`runs/<variant>/checkpoint.json`).", "",
+              "## Differences (paired: same items, same resamples; `*` = the interval excludes 0)", "",
+              "Δ |bias| compares BBQ bias scores by their distance from 0, the ideal: negative = less biased.", "",
+              "| variant | minus | " + " | ".join(f"Δ {c}" for c in DIFF_COLUMNS) + " |",
+              "|---" * (len(DIFF_COLUMNS) + 2) + "|"]
+    for entry in summary["differences"]:
+        lines.append(f"| {entry['variant']} | {entry['reference']} | "
+                     + " | ".join(_cell(entry.get(c), 100.0, signed=True) for c in DIFF_COLUMNS) + " |")
+    lines += ["", "## Items", "", "| task | items | of | indices sha256 |", "|---|---|---|---|"]
+    for task, info in sorted(summary["items"].items()):
+        lines.append(f"| {task} | {info['n']} | {info.get('of', '–')} | `{info.get('indices_sha256', '–')[:16]}` |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(summary: dict) -> list[dict]:
+    rows = []
+    for row in summary["variants"]:
+        flat = {"variant": row["variant"], "first_stage_model": row["first_stage_model"]}
+        for column in COLUMNS:
+            if column in row:
+                flat[column] = row[column]["value"]
+                flat[f"{column}_low"], flat[f"{column}_high"] = row[column]["ci"]
+        rows.append(flat)
+    return rows
+
+
+def write_suite_report(out: Path, names: list[str], header: list[str], n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """suite.{json,csv,md} in `out` from the variants' suite runs; None (nothing written) when none has one."""
+    import csv
+
+    from evaluation.store import write_json_atomic
+
+    suite = load_suite(out, names)
+    if not suite:
+        return None
+    summary = summarize(suite, n_boot, seed)
+    write_json_atomic(out / "suite.json", {**summary, "header": header})
+    rows = csv_rows(summary)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = out / "suite.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "suite.csv")
+    tmp = out / "suite.md.tmp"
+    tmp.write_text(render_markdown(summary, header))
+    tmp.replace(out / "suite.md")
+    return summary

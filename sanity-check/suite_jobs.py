@@ -1,0 +1,159 @@
+"""The study's second stage: the paper's evaluation suite (lm-eval tasks) on every variant, without re-quantizing.
+
+A variant's first-stage job (study_jobs.py) measured CrowS-Pairs, StereoSet, WikiText-2 and the mechanism on one
+checkpoint. This stage adds lm-evaluation-harness tasks to the same variant, on the same checkpoint:
+
+1. the checkpoint comes from the local cache (`--models-dir`); when it is missing it is quantized again with the
+   variant's arguments, and then it must be shown to be the same model: by its weights' sha256 where the first
+   stage recorded one, else by re-scoring WikiText-2 window 0 and comparing with the committed window NLL.
+   A checkpoint that differs is reported in the run's `suite_job.json` and in the report, never used silently;
+2. each task is scored on a fixed item subset (seeded; the same items for every variant; sizes below, sha256 of
+   the index list recorded) through evaluation/run_eval.py, and stored as `runs/<variant>/lm_eval.json`.
+
+Subset sizes, chosen by precision: an accuracy near 0.5 on n items has a 95 % interval of about ±1.96·√(0.25/n),
+±3.1 points at n = 1,000 and ±4.4 at n = 500; paired differences between variants on the same items are tighter.
+Tasks smaller than their size run whole.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import study_jobs
+
+
+# task -> items scored per variant (the issue's minimum; None = every item)
+SUITE_SUBSETS = {"piqa": 1000, "openbookqa": 500, "social_iqa": 1000, "boolq": 500, "truthfulqa_mc2": None,
+                 "winogender_all": None, "bbq": 2000}
+ZEROSHOT_TASKS = ("piqa", "openbookqa", "boolq", "social_iqa", "truthfulqa_mc2")
+SUITE_TASKS = tuple(SUITE_SUBSETS)
+SUITE_FORMAT = "fair_gptq.study.suite_job/1"
+SUITE_BATCH_SIZE = 16  # lm-eval requests per forward batch (the shared-context scorer packs choices of one context)
+WINDOW_NLL_RTOL = 1e-5  # the same code on the same weights reproduces a window's NLL to float32 rounding
+
+
+def first_windows(model_path: str, name: str, args, windows: int) -> dict:
+    """The WikiText-2 run on the first `windows` windows under the study's settings, scored by the evaluation
+    instrument itself into a scratch folder (nothing is stored)."""
+    from evaluation import run_eval
+
+    with tempfile.TemporaryDirectory(prefix="fair_gptq_windows_") as scratch:
+        argv = ["--out", scratch, "--model", f"{name}={model_path}", "--tasks", "wikitext2", "--max-windows",
+                str(windows), "--device", args.device, "--seed", str(args.seed), "--no-progress"]
+        if args.seqlen:
+            argv += ["--seqlen", str(args.seqlen)]
+        eval_args = run_eval.build_parser().parse_args(argv)
+        plan = run_eval.make_plan(eval_args)
+        return run_eval.evaluate_model(name, plan.models[0][1], plan, eval_args, Path(scratch))["wikitext2"]
+
+
+def window0_nll(model_path: str, name: str, args) -> float:
+    return float(first_windows(model_path, name, args, 1)["per_item"]["window_nll"][0])
+
+
+def pilot_stage(variant, args, models_dir: Path, windows: int = 4) -> float:
+    """Quantize into the cache (reused by the variant's study job) and print the perplexity on the first
+    `windows` WikiText-2 windows: a cheap look at where an alpha sits before its full job is run."""
+    model_path = ensure_checkpoint(variant, args, models_dir)
+    ppl = float(first_windows(model_path, variant.name, args, windows)["metrics"]["ppl"])
+    print(f"[{variant.name}] pilot: perplexity {ppl:.2f} on the first {windows} WikiText-2 windows", flush=True)
+    return ppl
+
+
+def verify_checkpoint(variant, model_path: str, args, run_dir: Path) -> dict:
+    """Is `model_path` the model the committed first-stage results of `variant` were measured on?"""
+    job = study_jobs.recorded_job(run_dir)
+    if variant.kind != "fp" and job.get("checkpoint_sha256"):
+        digest = study_jobs.checkpoint_sha256(Path(model_path))
+        return {"method": "weights sha256", "recorded": job["checkpoint_sha256"], "now": digest,
+                "match": digest == job["checkpoint_sha256"]}
+    committed = json.loads((run_dir / "wikitext2.json").read_text())["per_item"]["window_nll"][0]
+    now = window0_nll(model_path, variant.name, args)
+    return {"method": "WikiText-2 window 0 NLL", "recorded": committed, "now": now,
+            "match": abs(now - committed) <= WINDOW_NLL_RTOL * abs(committed)}
+
+
+def ensure_checkpoint(variant, args, models_dir: Path) -> str:
+    """The variant's model folder: the preset for fp, else the cached quantization (quantized when missing)."""
+    from fair_gptq.models import resolve_model
+
+    if variant.kind == "fp":
+        return resolve_model(args.model)
+    return str(study_jobs.run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args))
+
+
+def run_checkpoint_job(variant, args, out: Path, models_dir: Path) -> dict:
+    """Make sure the variant's checkpoint is in the cache and is the committed results' model; returns the check."""
+    run_dir = out / "runs" / variant.name
+    if not (run_dir / "job.json").is_file():
+        raise SystemExit(f"[{variant.name}] no first-stage job in {run_dir}: run the study job first")
+    model_path = ensure_checkpoint(variant, args, models_dir)
+    check = verify_checkpoint(variant, model_path, args, run_dir)
+    verdict = "the committed results' model" if check["match"] else "NOT the committed results' model"
+    print(f"[{variant.name}] checkpoint check ({check['method']}): {check['recorded']} vs {check['now']}: {verdict}",
+          flush=True)
+    return {"model_path": model_path, "check": check}
+
+
+def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
+    """Run (or reuse) the checkpoint check; stored as `runs/<variant>/checkpoint.json`."""
+    from evaluation.models import model_fingerprint
+    from evaluation.store import write_json_atomic
+    from fair_gptq.paths import portable_record
+
+    stored_path = out / "runs" / variant.name / "checkpoint.json"
+    try:
+        stored = json.loads(stored_path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    if stored.get("model_path") and Path(stored["model_path"]).is_dir() and \
+            stored.get("model_fingerprint") == model_fingerprint(stored["model_path"]):
+        return stored
+    started, revision = time.time(), study_jobs.code_revision()
+    done = run_checkpoint_job(variant, args, out, models_dir)
+    record = {"format": SUITE_FORMAT, "variant": variant.name, "code_revision": revision,
+              "model_path": done["model_path"], "model_fingerprint": model_fingerprint(done["model_path"]),
+              "check": done["check"], "seconds": round(time.time() - started),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if variant.kind != "fp":
+        record["checkpoint_sha256"] = study_jobs.checkpoint_sha256(Path(done["model_path"]))
+    write_json_atomic(stored_path, portable_record(record))
+    return record
+
+
+def subset_spec() -> str:
+    """SUITE_SUBSETS as run_eval's --lm-eval-subset."""
+    return ",".join(f"{task}={size or 'all'}" for task, size in SUITE_SUBSETS.items())
+
+
+def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
+    """The variant's lm-eval suite on its checkpoint: `runs/<variant>/lm_eval.json` (per-item records included)
+    and `runs/<variant>/suite_job.json` (which checkpoint, whether it is the first stage's model, time, command)."""
+    from evaluation import run_eval
+    from evaluation.store import write_json_atomic
+    from fair_gptq.paths import portable_record
+
+    started, revision = time.time(), study_jobs.code_revision()
+    checkpoint = checkpoint_stage(variant, args, out, models_dir)
+    if not checkpoint["check"]["match"]:
+        print(f"[{variant.name}] WARNING: the suite runs on a re-quantization that is not the first stage's model "
+              f"({checkpoint['check']['method']}: {checkpoint['check']['recorded']} vs {checkpoint['check']['now']}); "
+              f"the report marks this variant", flush=True)
+    model_path = ensure_checkpoint(variant, args, models_dir)
+    argv = ["--out", str(out), "--model", f"{variant.name}={model_path}", "--tasks", "lm_eval", "--lm-eval-tasks",
+            ",".join(SUITE_TASKS), "--lm-eval-subset", subset_spec(), "--device", args.device, "--seed",
+            str(args.seed), "--batch-size", str(SUITE_BATCH_SIZE)]
+    eval_args = run_eval.build_parser().parse_args(argv)
+    plan = run_eval.make_plan(eval_args)
+    name, path = plan.models[0]
+    run_eval.evaluate_model(name, path, plan, eval_args, out)
+    record = {"format": SUITE_FORMAT, "variant": variant.name, "code_revision": revision,
+              "command": study_jobs.study_command(variant, getattr(args, "grid_argv", None)),
+              "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
+              "checkpoint_check": checkpoint["check"], "seconds": round(time.time() - started),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(out / "runs" / variant.name / "suite_job.json", portable_record(record))
+    print(f"[{variant.name}] suite done in {time.time() - started:.0f} s", flush=True)
+    return record

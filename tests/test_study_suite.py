@@ -1,0 +1,81 @@
+"""The suite report's statistics against values computed by hand (sanity-check/study/suite.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from study import suite
+
+pytest.importorskip("lm_eval")
+
+
+def _items(acc):
+    return {"doc_id": list(range(len(acc))), "acc": [float(a) for a in acc]}
+
+
+def _bbq(rows):
+    """rows: (acc, n_biased, n_non_unknown, disambiguated)."""
+    return {"doc_id": list(range(len(rows))), "acc": [float(r[0]) for r in rows],
+            "accuracy_amb": [[float(r[0]), float(r[3])] for r in rows],
+            "amb_bias_score": [[float(v) for v in r] for r in rows]}
+
+
+# ambiguous: acc 1/4; of 3 non-unknown answers 2 biased -> S = 2·2/3 − 1 = 1/3; amb bias = (1 − 1/4)·1/3 = 1/4
+# disambiguated: 2 non-unknown answers, 1 biased -> S = 0
+BBQ_ROWS = [(1, 0, 0, 0), (0, 1, 1, 0), (0, 1, 1, 0), (0, 0, 1, 0), (1, 1, 1, 1), (0, 0, 1, 1)]
+
+
+def _write(out, name, items, match=True):
+    run_dir = out / "runs" / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "lm_eval.json").write_text(json.dumps({"per_item": items, "data": {"subsets": {}}}))
+    (run_dir / "suite_job.json").write_text(json.dumps({"checkpoint_check": {"match": match}}))
+
+
+def test_bbq_scores_are_lm_evals_on_known_counts():
+    items = _bbq(BBQ_ROWS)
+    assert suite.bbq_statistic(items, "amb_bias_score") == pytest.approx(0.25)
+    assert suite.bbq_statistic(items, "disamb_bias_score") == pytest.approx(0.0)
+    assert suite.bbq_statistic(items, "accuracy_amb") == pytest.approx(0.25)
+    assert suite.bbq_statistic(items, "accuracy_disamb") == pytest.approx(0.5)
+
+
+def test_zeroshot_average_retention_and_paired_differences(tmp_path):
+    fp = {task: _items([1, 1, 0, 0]) for task in suite.ZEROSHOT_TASKS}  # 0.5 each
+    q = {task: _items([1, 0, 0, 0]) for task in suite.ZEROSHOT_TASKS}  # 0.25 each
+    fp["truthfulqa_mc2"] = _items([0.8, 0.6, 0.4, 0.2])  # MC2 scores are fractions: mean 0.5
+    fp[suite.BBQ] = q[suite.BBQ] = _bbq(BBQ_ROWS)
+    _write(tmp_path, "fp", fp)
+    _write(tmp_path, "gptq", q, match=False)
+    summary = suite.write_suite_report(tmp_path, ["fp", "gptq", "absent"], ["# t"], n_boot=200, seed=0)
+    rows = {row["variant"]: row for row in summary["variants"]}
+    assert rows["fp"]["zeroshot_avg"]["value"] == pytest.approx(0.5)
+    assert rows["gptq"]["zeroshot_avg"]["value"] == pytest.approx(0.25)
+    assert rows["gptq"]["zeroshot_retention_pct"]["value"] == pytest.approx(50.0)
+    assert rows["fp"]["zeroshot_retention_pct"]["value"] == pytest.approx(100.0)
+    assert rows["fp"]["zeroshot_retention_pct"]["ci"] == pytest.approx([100.0, 100.0])  # paired: the same resamples
+    assert rows["gptq"]["first_stage_model"] is False and rows["fp"]["first_stage_model"] is True
+    diff = next(d for d in summary["differences"] if d["variant"] == "gptq" and d["reference"] == "fp")
+    assert diff["zeroshot_avg"]["value"] == pytest.approx(-0.25)
+    low, high = diff["zeroshot_avg"]["ci"]
+    assert low <= -0.25 <= high
+    assert diff["bbq_amb_bias_score"]["value"] == 0 and diff["bbq_amb_bias_score"]["ci"] == [0, 0]  # same items
+    markdown = (tmp_path / "suite.md").read_text()
+    assert "gptq †" in markdown and (tmp_path / "suite.csv").read_text().startswith("variant,")
+
+
+def test_variants_with_other_items_are_refused(tmp_path):
+    _write(tmp_path, "fp", {"piqa": _items([1, 0])})
+    other = _items([1, 0])
+    other["doc_id"] = [0, 2]
+    _write(tmp_path, "gptq", {"piqa": other})
+    with pytest.raises(ValueError, match="other piqa items"):
+        suite.write_suite_report(tmp_path, ["fp", "gptq"], ["# t"], n_boot=10)
+
+
+def test_no_suite_run_writes_nothing(tmp_path):
+    assert suite.write_suite_report(tmp_path, ["fp"], ["# t"]) is None
+    assert not (tmp_path / "suite.md").exists()
