@@ -233,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and its controls)")
     p.add_argument("--references", default=None,
                    help="study: plain-GPTQ references (default gptq,gptq-3bit,gptq-g-1; '' = none)")
+    p.add_argument("--erasers", default=None,
+                   help="study: debiasing baselines to add (inlp,leace): each fitted on the calib pairs of the "
+                        "study's draw and applied to --eraser-bases, with its controls (fitted on unrelated pairs, "
+                        "on shuffled labels)")
+    p.add_argument("--eraser-bases", default="fp,gptq", help="study: models the erasers go on (default %(default)s)")
     p.add_argument("--mechanism-pairs", type=int, default=0,
                    help="study: held-out pairs for the mechanism measurement (0 = every eval-half pair)")
     p.add_argument("--model", default="smollm2-135m")
@@ -277,6 +282,8 @@ def study_main(args, argv: list[str]) -> int:
     try:
         variants = study_jobs.study_variants(args.quick, alphas=[float(a) for a in listed(args.alphas) or []],
                                              modes=listed(args.modes), references=listed(args.references))
+        if args.erasers:
+            variants += study_jobs.eraser_variants(listed(args.erasers), listed(args.eraser_bases))
     except ValueError as exc:
         print(f"reproduce.py: error: {exc}", file=sys.stderr)
         return 2

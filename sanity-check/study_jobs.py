@@ -45,10 +45,17 @@ JOB_FORMAT = "fair_gptq.study.job/1"
 TASKS = ("crows_pairs", "stereoset", "wikitext2")
 
 
+# the debiasing baselines (issue 22): a linear eraser fitted on the calib pairs' final hidden states, applied at the
+# lm_head input of FP or plain GPTQ; its controls are the same eraser fitted on unrelated pairs or shuffled labels
+ERASER_METHODS = ("inlp", "leace")
+ERASER_LABELS = ("stereo-anti", "unrelated", "shuffled-labels")
+ERASER_BASES = ("fp", "gptq")
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kind: str  # "fp", "reference" (no pair term) or "curve" (a calibration mode at some alpha)
+    kind: str  # "fp", "reference" (no pair term), "curve" (a calibration mode at some alpha) or "eraser"
     mode: str | None = None
     pairs: str = "stereo-anti"
     pair_alignment: str = "position"
@@ -56,6 +63,10 @@ class Variant:
     bits: int = 4
     group_size: int = 128
     extra: tuple[str, ...] = field(default=())
+    # eraser variants only (left out of a variant's record at these defaults: earlier jobs keep their keys)
+    eraser: str | None = None  # inlp | leace
+    eraser_labels: str = "stereo-anti"
+    base: str = "fp"  # the model the eraser is fitted on and applied to: fp or gptq
 
     def quantize_arguments(self) -> list[str]:
         return ["--alpha", f"{self.alpha:g}", "--bits", str(self.bits), "--group-size", str(self.group_size),
@@ -87,6 +98,34 @@ def study_variants(quick: bool = False, alphas=None, modes=None, references=None
     return variants
 
 
+_ERASER_DEFAULTS = {"eraser": None, "eraser_labels": "stereo-anti", "base": "fp"}
+
+
+def variant_record(variant: Variant) -> dict:
+    """The variant as job.json records it and job_key hashes it; the eraser fields only where they are set."""
+    record = asdict(variant)
+    return {k: v for k, v in record.items() if k not in _ERASER_DEFAULTS or v != _ERASER_DEFAULTS[k]}
+
+
+def eraser_variants(methods=ERASER_METHODS, bases=ERASER_BASES, labels=ERASER_LABELS) -> list[Variant]:
+    """`inlp-fp`, `leace-gptq`, ...; the controls add their labels: `inlp-fp-unrelated`, `leace-fp-shuffled-labels`.
+
+    The mode is the method for the stereotype labels and method-labels for a control, so the report can put each
+    method beside its controls."""
+    unknown = [m for m in methods if m not in ERASER_METHODS] + [b for b in bases if b not in ERASER_BASES]
+    if unknown:
+        raise ValueError(f"unknown eraser method/base {', '.join(unknown)} (methods: {', '.join(ERASER_METHODS)}; "
+                         f"bases: {', '.join(ERASER_BASES)})")
+    variants = []
+    for base in bases:
+        for method in methods:
+            for label in labels:
+                suffix = "" if label == "stereo-anti" else f"-{label}"
+                variants.append(Variant(f"{method}-{base}{suffix}", "eraser", mode=f"{method}{suffix}", eraser=method,
+                                        eraser_labels=label, base=base))
+    return variants
+
+
 def stored_variants(out: Path, known: list[Variant]) -> list[Variant]:
     """The variants of finished jobs under `out/runs/` that `known` does not list (e.g. another grid's, run with
     other --modes/--alphas into the same folder), rebuilt from their job.json, so one report covers them all."""
@@ -102,7 +141,7 @@ def stored_variants(out: Path, known: list[Variant]) -> list[Variant]:
 
 def job_key(variant: Variant, settings: dict) -> str:
     """Everything that changes a variant's results; a stored job is reused only when its key is the same."""
-    payload = json.dumps({"variant": asdict(variant), "settings": settings}, sort_keys=True)
+    payload = json.dumps({"variant": variant_record(variant), "settings": settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -114,6 +153,8 @@ def study_settings(args) -> dict:
 
 def expected_files(variant: Variant) -> list[str]:
     files = [f"{task}.json" for task in TASKS]
+    if variant.kind == "eraser":
+        return files + ["eraser.json"]
     return files if variant.kind == "fp" else files + ["mechanism.json", "quantization.json"]
 
 
@@ -209,12 +250,14 @@ def run_main_job(name: str, out: Path, extra: list[str], args, force: bool = Fal
     return out
 
 
-def evaluate(variant: Variant, model_path: str, args, out: Path) -> None:
+def evaluate(variant: Variant, model_path: str, args, out: Path, eraser: Path | None = None) -> None:
     """Every task of one model through evaluation.run_eval (stored per task, reused when settings match)."""
     from evaluation import run_eval
 
     argv = ["--out", str(out), "--model", f"{variant.name}={model_path}", "--tasks", ",".join(TASKS),
             "--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    if eraser is not None:
+        argv += ["--eraser", f"{variant.name}={eraser}"]
     for flag, value in (("--max-items", args.max_items), ("--max-windows", args.max_windows),
                         ("--seqlen", args.seqlen), ("--stereoset", args.stereoset)):
         if value is not None:
@@ -223,6 +266,45 @@ def evaluate(variant: Variant, model_path: str, args, out: Path) -> None:
     plan = run_eval.make_plan(eval_args)
     name, path = plan.models[0]
     run_eval.evaluate_model(name, path, plan, eval_args, out)
+
+
+def base_model(variant: Variant, args, models_dir: Path) -> str:
+    """The folder of the model an eraser variant is fitted on and applied to: FP, or the cached plain GPTQ
+    checkpoint (the `gptq` reference's, quantized when missing)."""
+    from fair_gptq.models import resolve_model
+
+    if variant.base == "fp":
+        return resolve_model(args.model)
+    gptq = Variant("gptq", "reference", **REFERENCES["gptq"])
+    return str(run_main_job("gptq", models_dir / "gptq", gptq.quantize_arguments(), args))
+
+
+def fit_variant_eraser(variant: Variant, model_path: str, args, models_dir: Path) -> Path:
+    """Fit (or reuse) the variant's eraser on the calib pairs of the study's draw (--pairs, --seed): the same
+    sentences the quantizer calibrates on, never an evaluated item. Reused only for the very same model files."""
+    from evaluation import fit_eraser
+    from evaluation.models import model_fingerprint
+
+    path = models_dir / "erasers" / f"{variant.name}.pt"
+    try:
+        stored = json.loads(Path(f"{path}.json").read_text())
+    except (OSError, ValueError):
+        stored = {}
+    fitting = stored.get("fitting", {})
+    if path.is_file() and stored.get("model", {}).get("fingerprint") == model_fingerprint(model_path) and \
+            stored.get("kind") == variant.eraser and fitting.get("label_mode") == variant.eraser_labels \
+            and fitting.get("pairs", {}).get("n_pairs") == args.pairs:
+        print(f"[{variant.name}] reusing eraser {path}", flush=True)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["--model", model_path, "--method", variant.eraser, "--labels", variant.eraser_labels, "--out", str(path),
+            "--overwrite", "--max-pairs", str(args.pairs), "--seed", str(args.seed), "--device", args.device]
+    if args.stereoset:
+        argv += ["--stereoset", args.stereoset]
+    print(f"[{variant.name}] fitting {variant.eraser} ({variant.eraser_labels}) on {Path(model_path).name}", flush=True)
+    if fit_eraser.main(argv) != 0:
+        raise SystemExit(f"[{variant.name}] fitting the eraser failed")
+    return path
 
 
 def heldout_pairs(args) -> list[tuple[str, str]]:
@@ -332,6 +414,13 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     fp_path = resolve_model(args.model)
     if variant.kind == "fp":
         evaluate(variant, fp_path, args, out)
+    elif variant.kind == "eraser":
+        model_path = base_model(variant, args, models_dir)
+        if variant.base != "fp":
+            checkpoint = {"base_checkpoint_sha256": checkpoint_sha256(Path(model_path))}
+        eraser = fit_variant_eraser(variant, model_path, args, models_dir)
+        evaluate(variant, model_path, args, out, eraser=eraser)
+        write_json_atomic(run_dir / "eraser.json", portable_record(json.loads(Path(f"{eraser}.json").read_text())))
     else:
         model_path = run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args,
                                   force=args.force)
@@ -347,7 +436,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         record = json.loads((model_path / "fair_gptq_run.json").read_text())
         write_json_atomic(run_dir / "quantization.json", portable_record(record))
     write_json_atomic(run_dir / "job.json", portable_record(
-        {"format": JOB_FORMAT, "key": key, "variant": asdict(variant), "settings": study_settings(args),
+        {"format": JOB_FORMAT, "key": key, "variant": variant_record(variant), "settings": study_settings(args),
          "command": study_command(variant, getattr(args, "grid_argv", None)),
          "code_revision": revision, **checkpoint, "seconds": round(time.time() - started),
          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))

@@ -199,3 +199,33 @@ def test_suite_subset_spec_names_every_suite_task_with_its_size():
     assert parse_subset_spec(suite_jobs.subset_spec()) == suite_jobs.SUITE_SUBSETS
     assert suite_jobs.SUITE_SUBSETS["piqa"] == 1000 and suite_jobs.SUITE_SUBSETS["truthfulqa_mc2"] is None
     assert set(suite_jobs.ZEROSHOT_TASKS) < set(suite_jobs.SUITE_TASKS)
+
+
+@pytest.mark.slow
+def test_eraser_variants_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, capsys):
+    """inlp/leace variants: fitted on the calib pairs, applied at evaluation, compared with their controls on the
+    same base and with the base itself; an earlier variant's job key does not move."""
+    import study_jobs
+
+    out, models = tmp_path / "study", tmp_path / "models"
+    argv = ["--quick", "--model", str(tiny_opt_dir), "--out", str(out), "--models-dir", str(models), "--pairs", "12",
+            "--max-items", "12", "--max-windows", "2", "--seqlen", "64", "--device", "cpu", "--bootstrap", "50",
+            "--mechanism-pairs", "6", "--stereoset", str(stereoset_dev_path), "--modes", "stereo-anti",
+            "--references", "gptq", "--erasers", "leace", "--eraser-bases", "fp"]
+    for name in ("fp", "leace-fp", "leace-fp-unrelated"):
+        assert reproduce.main(argv + ["--only", name]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["name"]: r for r in summary["variants"]}
+    assert rows["leace-fp"]["kind"] == "eraser" and rows["leace-fp"]["base"] == "fp" and rows["leace-fp"]["bits"] is None
+    assert rows["leace-fp"]["n_pairs"] == 12 and rows["leace-fp-unrelated"]["eraser_labels"] == "unrelated"
+    assert rows["leace-fp"]["pairs_sha256"] != rows["leace-fp-unrelated"]["pairs_sha256"]
+    settings = json.loads((out / "runs" / "leace-fp" / "crows_pairs.json").read_text())["settings"]
+    assert settings["eraser"]["kind"] == "leace"  # the evaluation ran with the eraser applied
+    assert rows["leace-fp"]["crows_pct_stereotype"] != rows["fp"]["crows_pct_stereotype"] or \
+        rows["leace-fp"]["ppl"] != rows["fp"]["ppl"]
+    pairs = {(c["method"], c["control"]) for c in summary["comparisons"] if c["mode"] == "leace"}
+    assert pairs == {("leace-fp", "leace-fp-unrelated"), ("leace-fp", "fp")}
+    assert "leace-fp" in (out / "summary.md").read_text()
+    # the variants the study had before erasers keep their job keys
+    gptq = study_jobs.Variant("gptq", "reference")
+    assert "eraser" not in study_jobs.variant_record(gptq) and "base" not in study_jobs.variant_record(gptq)

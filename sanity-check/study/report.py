@@ -25,6 +25,22 @@ FAMILIES = {METHOD: CONTROLS,
 # unrelated pairs as well, the cheapest way the study found to move bias scores
 MATCHED_EXTRA = {"direction": ("unrelated",)}
 ALL_CONTROLS = tuple(c for controls in FAMILIES.values() for c in controls)
+# the debiasing baselines (kind "eraser"): each against its controls on the same base model and against that base;
+# no alpha, so at matched perplexity they are set against the degradation curve and the paper's term's curves
+ERASER_FAMILIES = {m: (f"{m}-unrelated", f"{m}-shuffled-labels") for m in ("inlp", "leace")}
+ERASER_MATCHED = ("stereo-anti", "unrelated")
+
+
+def _partners(method, state: dict) -> list:
+    """What a method is compared with on the same items: its controls (same alpha; for an eraser, the same base
+    model) and the model it started from (plain GPTQ; for an eraser, its base: FP or GPTQ)."""
+    by_name = _by_name(state)
+    if method.kind == "eraser":
+        partners = [c for c in state["variants"] if c.kind == "eraser" and c.base == method.base
+                    and c.mode in ERASER_FAMILIES[method.mode]]
+        return partners + ([by_name[method.base]] if method.base in by_name else [])
+    partners = [c for c in state["variants"] if c.mode in FAMILIES[method.mode] and c.alpha == method.alpha]
+    return partners + ([by_name["gptq"]] if "gptq" in by_name else [])
 
 
 def _read(path: Path):
@@ -52,7 +68,8 @@ def load_study(out: Path, variants, keys: dict | None = None) -> dict:
             continue
         done.append(variant)
         extra[variant.name] = {"job": job, "mechanism": _read(run_dir / "mechanism.json"),
-                               "quantization": _read(run_dir / "quantization.json")}
+                               "quantization": _read(run_dir / "quantization.json"),
+                               "eraser": _read(run_dir / "eraser.json")}
     windows = {(loaded["runs"][v.name]["wikitext2"]["metrics"].get("n_windows"),
                 loaded["runs"][v.name]["wikitext2"]["metrics"].get("n_tokens")) for v in done}
     if len(windows) > 1:
@@ -66,7 +83,8 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
     calibration = (extra.get("quantization") or {}).get("calibration", {})
     split = calibration.get("split") or stereo.get("data", {})
     mech = extra.get("mechanism") or {}
-    quantized, paired = variant.kind != "fp", variant.kind == "curve"
+    quantized = variant.kind in ("reference", "curve") or variant.kind == "eraser" and variant.base != "fp"
+    paired = variant.kind == "curve"
     row = {
         "name": variant.name, "kind": variant.kind, "mode": variant.mode,
         "pair_alignment": variant.pair_alignment if paired else None,  # no pair term: no alignment
@@ -89,6 +107,14 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
         "mechanism_ratio": mech.get("overall", {}).get("ratio_all"),
         "mechanism_ratio_equal_length": mech.get("overall", {}).get("ratio_equal"),
     }
+    if variant.kind == "eraser":  # which eraser on which model, fitted on which sentences, and what it removed
+        fitted = extra.get("eraser") or {}
+        diagnostics = fitted.get("diagnostics", {})
+        row.update(eraser=variant.eraser, eraser_labels=variant.eraser_labels, base=variant.base,
+                   n_pairs=fitted.get("fitting", {}).get("pairs", {}).get("n_pairs"),
+                   pairs_sha256=fitted.get("fitting", {}).get("sentences_sha256"),
+                   eraser_sha256=fitted.get("sha256"), eraser_rank_removed=fitted.get("method", {}).get("rank_removed"),
+                   eraser_probe_heldout=diagnostics.get("heldout"))
     return row
 
 
@@ -105,11 +131,9 @@ def curve(state: dict, mode: str) -> list[str]:
 
 def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     """Each method minus each of its controls at the same alpha (and minus plain GPTQ), on the same items."""
-    by_name, out = _by_name(state), []
-    for method in (v for v in state["variants"] if v.mode in FAMILIES):
-        partners = [c for c in state["variants"] if c.mode in FAMILIES[method.mode] and c.alpha == method.alpha]
-        partners += [by_name["gptq"]] if "gptq" in by_name else []
-        for control in partners:
+    out = []
+    for method in (v for v in state["variants"] if v.mode in FAMILIES or v.mode in ERASER_FAMILIES):
+        for control in _partners(method, state):
             entry = {"alpha": method.alpha, "method": method.name, "mode": method.mode, "control": control.name,
                      "ppl_ratio": rows[method.name]["ppl"] / rows[control.name]["ppl"]}
             for metric in analysis.BIAS_METRICS:
@@ -133,8 +157,12 @@ def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     out = []
     # each method against its controls' curves and the degradation curve; each control against the degradation
     # curve too, so "below pure degradation" can be told apart for a method and for the same term on other pairs
-    for method in (v for v in state["variants"] if v.mode in FAMILIES or v.mode in ALL_CONTROLS):
-        modes = FAMILIES[method.mode] + MATCHED_EXTRA.get(method.mode, ()) if method.mode in FAMILIES else ()
+    erasers = [v for v in state["variants"] if v.kind == "eraser"]
+    for method in [v for v in state["variants"] if v.mode in FAMILIES or v.mode in ALL_CONTROLS] + erasers:
+        if method.kind == "eraser":
+            modes = ERASER_MATCHED
+        else:
+            modes = FAMILIES[method.mode] + MATCHED_EXTRA.get(method.mode, ()) if method.mode in FAMILIES else ()
         curves = {**{mode: curve(state, mode) for mode in modes}, "degradation": degradation}
         for label, names in curves.items():
             if len(names) < 2:
@@ -230,11 +258,12 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "| method | α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
               "|---|---|---|---|---|---|---|---|---|"]
     for m in summary["matched"]:
-        if m.get("mode", METHOD) in FAMILIES:
+        if m.get("mode", METHOD) in FAMILIES or m.get("mode") in ERASER_FAMILIES:
             dagger = "" if m["crows"].get("monotone", True) else " †"
             lines.append(f"| {m.get('mode', METHOD)} | {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | "
                          f"{' | '.join(_cells(m))} |")
-    controls = [m for m in summary["matched"] if m.get("mode", METHOD) not in FAMILIES]
+    controls = [m for m in summary["matched"] if m.get("mode", METHOD) not in FAMILIES
+                and m.get("mode") not in ERASER_FAMILIES]
     if controls:
         lines += ["", "## Matched perplexity: each control minus the degradation curve", "",
                   "The same comparison for the controls, so that a method below pure degradation can be set against "
@@ -260,7 +289,9 @@ def render_markdown(summary: dict, header: list[str]) -> str:
 def _csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        # every column any row has (eraser and suite columns exist for some variants only), in first-seen order
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)),
+                                lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()
