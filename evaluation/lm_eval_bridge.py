@@ -154,8 +154,8 @@ def _per_item_value(value):
 
 def per_item_records(logged: dict) -> dict:
     """lm-eval's logged samples -> per task, one list per column, in document order: ``doc_id``, ``loglikelihoods``
-    (each choice's summed log-likelihood, what the prediction was made from), ``target`` (the gold choice, where
-    it is an index), every metric whose per-item value is
+    (each choice's summed log-likelihood, what the prediction was made from), ``target`` (lm-eval's target index:
+    the gold choice where there is one; truthfulqa_mc2 and BBQ accept several), every metric whose per-item value is
     a number or a tuple without NaN (BBQ's ``(acc, n_biased, n_non_unknown, disambiguated)`` is kept once, under
     the first metric name that carries it; its per-category copies differ only in NaNs) and ``category`` where the
     document has one (BBQ). Enough to recompute every aggregate, and to resample items for paired intervals."""
@@ -165,7 +165,9 @@ def per_item_records(logged: dict) -> dict:
         for sample in sorted(samples, key=lambda s: s["doc_id"]):
             columns["doc_id"].append(int(sample["doc_id"]))
             if isinstance(sample.get("target"), int) and not isinstance(sample.get("target"), bool):
-                columns.setdefault("target", []).append(sample["target"])  # the gold choice's index
+                # lm-eval's target index: the gold choice for single-answer tasks; for truthfulqa_mc2 (several true
+                # answers) and BBQ (several 'unknown' wordings) only the first of the accepted ones
+                columns.setdefault("target", []).append(sample["target"])
             columns["loglikelihoods"].append([float(r[0]) if isinstance(r, (tuple, list)) else float(r)
                                               for r in sample["filtered_resps"]])
             seen_tuples = []
@@ -255,7 +257,10 @@ def run_lm_eval(lm, tasks=PAPER_TASKS, batch_size: int = 16, limit: int | None =
             raise LmEvalUnavailable(f"lm-eval could not set up its tasks ({_one_line(exc)})") from exc
         if subset_sizes and limit is not None:
             raise ValueError("an lm-eval subset and a limit both choose the items: use one")
-        samples, drawn = draw_subsets(leaves, subset_sizes, seed) if subset_sizes else (None, {})
+        try:
+            samples, drawn = draw_subsets(leaves, subset_sizes, seed) if subset_sizes else (None, {})
+        except ValueError as exc:  # a subset task that could not load (offline, no data): one line, like the rest
+            raise LmEvalUnavailable(f"lm-eval subsets: {exc}", unavailable) from exc
         unavailable = {t: skipped.get(t) or failed[t] for t in tasks if t in skipped or t in failed}
         if not loaded:
             raise LmEvalUnavailable("no lm-eval task could be loaded; the other tasks still run", unavailable)

@@ -293,7 +293,8 @@ def fit_variant_eraser(variant: Variant, model_path: str, args, models_dir: Path
     fitting = stored.get("fitting", {})
     if path.is_file() and stored.get("model", {}).get("fingerprint") == model_fingerprint(model_path) and \
             stored.get("kind") == variant.eraser and fitting.get("label_mode") == variant.eraser_labels \
-            and fitting.get("pairs", {}).get("n_pairs") == args.pairs:
+            and fitting.get("pairs", {}).get("n_pairs") == args.pairs and fitting.get("pairs", {}).get("seed") == \
+            args.seed and fitting.get("pairs", {}).get("split", {}).get("part") == "calib":
         print(f"[{variant.name}] reusing eraser {path}", flush=True)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,8 +417,15 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         evaluate(variant, fp_path, args, out)
     elif variant.kind == "eraser":
         model_path = base_model(variant, args, models_dir)
-        if variant.base != "fp":
-            checkpoint = {"base_checkpoint_sha256": checkpoint_sha256(Path(model_path))}
+        if variant.base != "fp":  # is the cached base the model the base's committed results were measured on?
+            import suite_jobs
+
+            base = suite_jobs.checkpoint_stage(Variant("gptq", "reference", **REFERENCES["gptq"]), args, out,
+                                               models_dir)
+            checkpoint = {"base_checkpoint_sha256": checkpoint_sha256(Path(model_path)), "base_check": base["check"]}
+            if not base["check"]["match"]:
+                print(f"[{variant.name}] WARNING: the cached gptq base is a re-quantization that is not the model of "
+                      f"runs/gptq/: the report marks this variant", flush=True)
         eraser = fit_variant_eraser(variant, model_path, args, models_dir)
         evaluate(variant, model_path, args, out, eraser=eraser)
         write_json_atomic(run_dir / "eraser.json", portable_record(json.loads(Path(f"{eraser}.json").read_text())))

@@ -1,7 +1,10 @@
-"""The study's second stage: the paper's evaluation suite (lm-eval tasks) on every variant, without re-quantizing.
+"""The study's second stage: lm-eval tasks on every variant's own checkpoint (offline stand-ins for the paper's suite).
 
 A variant's first-stage job (study_jobs.py) measured CrowS-Pairs, StereoSet, WikiText-2 and the mechanism on one
-checkpoint. This stage adds lm-evaluation-harness tasks to the same variant, on the same checkpoint:
+checkpoint. This stage adds lm-evaluation-harness tasks to the same variant, on the same checkpoint where the cache
+still holds it (a missing one is quantized again and checked, below). The tasks are the shared folder's offline
+ones: PIQA, OpenBookQA, TruthfulQA mc2 from the paper's list, BoolQ and Social IQa in place of the ARC, HellaSwag
+and XStoryCloze-en that cannot be had offline, and the bias tasks Winogender and BBQ (partial):
 
 1. the checkpoint comes from the local cache (`--models-dir`); when it is missing it is quantized again with the
    variant's arguments, and then it must be shown to be the same model: by its weights' sha256 where the first
@@ -22,35 +25,36 @@ import time
 from pathlib import Path
 
 import study_jobs
+from study.suite import ZEROSHOT_TASKS  # noqa: F401 - the suite's zero-shot tasks, for callers
 
 
 # task -> items scored per variant (the issue's minimum; None = every item)
 SUITE_SUBSETS = {"piqa": 1000, "openbookqa": 500, "social_iqa": 1000, "boolq": 500, "truthfulqa_mc2": None,
                  "winogender_all": None, "bbq": 2000}
-ZEROSHOT_TASKS = ("piqa", "openbookqa", "boolq", "social_iqa", "truthfulqa_mc2")
 SUITE_TASKS = tuple(SUITE_SUBSETS)
 SUITE_FORMAT = "fair_gptq.study.suite_job/1"
 SUITE_BATCH_SIZE = 16  # lm-eval requests per forward batch (the shared-context scorer packs choices of one context)
 WINDOW_NLL_RTOL = 1e-5  # the same code on the same weights reproduces a window's NLL to float32 rounding
 
 
-def first_windows(model_path: str, name: str, args, windows: int) -> dict:
-    """The WikiText-2 run on the first `windows` windows under the study's settings, scored by the evaluation
-    instrument itself into a scratch folder (nothing is stored)."""
+def first_windows(model_path: str, name: str, args, windows: int, seqlen: int | None = None) -> dict:
+    """The WikiText-2 run on the first `windows` windows (of `seqlen` tokens, default the study's), scored by the
+    evaluation instrument itself into a scratch folder (nothing is stored)."""
     from evaluation import run_eval
 
+    seqlen = seqlen or args.seqlen
     with tempfile.TemporaryDirectory(prefix="fair_gptq_windows_") as scratch:
         argv = ["--out", scratch, "--model", f"{name}={model_path}", "--tasks", "wikitext2", "--max-windows",
                 str(windows), "--device", args.device, "--seed", str(args.seed), "--no-progress"]
-        if args.seqlen:
-            argv += ["--seqlen", str(args.seqlen)]
+        if seqlen:
+            argv += ["--seqlen", str(seqlen)]
         eval_args = run_eval.build_parser().parse_args(argv)
         plan = run_eval.make_plan(eval_args)
         return run_eval.evaluate_model(name, plan.models[0][1], plan, eval_args, Path(scratch))["wikitext2"]
 
 
-def window0_nll(model_path: str, name: str, args) -> float:
-    return float(first_windows(model_path, name, args, 1)["per_item"]["window_nll"][0])
+def window0_nll(model_path: str, name: str, args, seqlen: int | None = None) -> float:
+    return float(first_windows(model_path, name, args, 1, seqlen)["per_item"]["window_nll"][0])
 
 
 def pilot_stage(variant, args, models_dir: Path, windows: int = 4) -> float:
@@ -69,8 +73,10 @@ def verify_checkpoint(variant, model_path: str, args, run_dir: Path) -> dict:
         digest = study_jobs.checkpoint_sha256(Path(model_path))
         return {"method": "weights sha256", "recorded": job["checkpoint_sha256"], "now": digest,
                 "match": digest == job["checkpoint_sha256"]}
-    committed = json.loads((run_dir / "wikitext2.json").read_text())["per_item"]["window_nll"][0]
-    now = window0_nll(model_path, variant.name, args)
+    committed_run = json.loads((run_dir / "wikitext2.json").read_text())
+    committed = committed_run["per_item"]["window_nll"][0]
+    # the window length the committed run used, whatever this invocation's flags say (--quick would differ)
+    now = window0_nll(model_path, variant.name, args, committed_run.get("settings", {}).get("seqlen"))
     return {"method": "WikiText-2 window 0 NLL", "recorded": committed, "now": now,
             "match": abs(now - committed) <= WINDOW_NLL_RTOL * abs(committed)}
 
@@ -150,7 +156,8 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
     name, path = plan.models[0]
     run_eval.evaluate_model(name, path, plan, eval_args, out)
     record = {"format": SUITE_FORMAT, "variant": variant.name, "code_revision": revision,
-              "command": study_jobs.study_command(variant, getattr(args, "grid_argv", None)),
+              "command": (study_jobs.study_command(variant, getattr(args, "grid_argv", None)) or "")
+              + " --stage suite",
               "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
               "checkpoint_check": checkpoint["check"], "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

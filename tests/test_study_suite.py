@@ -64,16 +64,25 @@ def test_zeroshot_average_retention_and_paired_differences(tmp_path):
     assert low <= -0.25 <= high
     assert diff["bbq_amb_bias_score"]["value"] == 0 and diff["bbq_amb_bias_score"]["ci"] == [0, 0]  # same items
     markdown = (tmp_path / "suite.md").read_text()
-    assert "gptq †" in markdown and (tmp_path / "suite.csv").read_text().startswith("variant,")
+    diff_gptq = next(d for d in summary["differences"] if d["variant"] == "gptq")
+    assert diff_gptq["both_first_stage_model"] is False
+    assert markdown.count("gptq †") == 2 and (tmp_path / "suite.csv").read_text().startswith("variant,")
 
 
-def test_variants_with_other_items_are_refused(tmp_path):
+def test_variants_with_other_items_are_left_out_and_named(tmp_path):
     _write(tmp_path, "fp", {"piqa": _items([1, 0])})
     other = _items([1, 0])
     other["doc_id"] = [0, 2]
     _write(tmp_path, "gptq", {"piqa": other})
-    with pytest.raises(ValueError, match="other piqa items"):
-        suite.write_suite_report(tmp_path, ["fp", "gptq"], ["# t"], n_boot=10)
+    summary = suite.write_suite_report(tmp_path, ["gptq", "fp"], ["# t"], n_boot=10)
+    assert [row["variant"] for row in summary["variants"]] == ["fp"] and "piqa" in summary["excluded"]["gptq"]
+    assert "Left out: gptq" in (tmp_path / "suite.md").read_text()
+
+
+def test_task_resamples_do_not_depend_on_the_other_tasks():
+    one = suite.resamples({"piqa": list(range(5))}, 20, 0)["piqa"]
+    two = suite.resamples({"boolq": list(range(9)), "piqa": list(range(5))}, 20, 0)["piqa"]
+    assert (one == two).all()
 
 
 def test_no_suite_run_writes_nothing(tmp_path):

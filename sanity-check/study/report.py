@@ -114,7 +114,9 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
                    n_pairs=fitted.get("fitting", {}).get("pairs", {}).get("n_pairs"),
                    pairs_sha256=fitted.get("fitting", {}).get("sentences_sha256"),
                    eraser_sha256=fitted.get("sha256"), eraser_rank_removed=fitted.get("method", {}).get("rank_removed"),
-                   eraser_probe_heldout=diagnostics.get("heldout"))
+                   eraser_probe_heldout=diagnostics.get("heldout"),
+                   # False: the gptq base was re-quantized and is not the model of runs/gptq/ (None: fp base)
+                   base_is_first_stage_model=(extra.get("job") or {}).get("base_check", {}).get("match"))
     return row
 
 
@@ -212,20 +214,35 @@ def _cells(entry: dict) -> list[str]:
     return signed + distance
 
 
+def _is_eraser(entry: dict) -> bool:
+    return (entry.get("mode") or "").split("-")[0] in ERASER_FAMILIES
+
+
+def _who(entry: dict) -> tuple[str, str]:
+    """(method label, alpha cell) of a comparison: an eraser by its variant name (base included), no alpha."""
+    if _is_eraser(entry):
+        return entry["method"], "–"
+    return entry.get("mode", METHOD), format(entry["alpha"], "g")
+
+
 def render_markdown(summary: dict, header: list[str]) -> str:
     lines = header + ["", "## Variants", "",
                       "| variant | mode | alignment | α | bits | group | pairs | CrowS % stereo [95% CI] | "
                       "SS [95% CI] | LMS [95% CI] | PPL | ‖QD‖/‖WD‖ |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["variants"]:
+        mark = " †" if r.get("base_is_first_stage_model") is False else ""
         lines.append(
-            f"| {r['name']} | {r['mode'] or '–'} | {r['pair_alignment'] or '–'} | "
+            f"| {r['name']}{mark} | {r['mode'] or '–'} | {r['pair_alignment'] or '–'} | "
             f"{'–' if r['alpha'] is None else format(r['alpha'], 'g')} | {r['bits'] or '–'} | "
             f"{r['group_size'] or '–'} | {r['n_pairs'] or '–'} | "
             f"{_f(r['crows_pct_stereotype'])} [{_f(r['crows_ci'][0])}, {_f(r['crows_ci'][1])}] | "
             f"{_f(r['stereoset_ss'])} [{_f(r['stereoset_ss_ci'][0])}, {_f(r['stereoset_ss_ci'][1])}] | "
             f"{_f(r['stereoset_lms'])} [{_f(r['stereoset_lms_ci'][0])}, {_f(r['stereoset_lms_ci'][1])}] | "
             f"{_f(r['ppl'])} | {_f(r['mechanism_ratio'], 4)} |")
+    if any(r.get("base_is_first_stage_model") is False for r in summary["variants"]):
+        lines += ["", "† an eraser on a gptq base that was quantized again and is not the model of `runs/gptq/` "
+                  "(the check is in `runs/<variant>/job.json`): its differences to `gptq` include a re-quantization."]
     if summary["missing"]:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
     if summary.get("stale"):
@@ -243,7 +260,8 @@ def render_markdown(summary: dict, header: list[str]) -> str:
     for c in summary["comparisons"]:
         cells = _cells(c)
         mech = c.get("mechanism_ratio")
-        lines.append(f"| {c.get('mode', METHOD)} | {c['alpha']:g} | {c['control']} | {' | '.join(cells)} | "
+        who, alpha = _who(c)
+        lines.append(f"| {who} | {alpha} | {c['control']} | {' | '.join(cells)} | "
                      f"{c['ppl_ratio']:.3f} | "
                      f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
     lines += ["", "## Matched perplexity: each method minus each curve at the method's perplexity", "",
@@ -258,12 +276,12 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "| method | α | method PPL | curve | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| |",
               "|---|---|---|---|---|---|---|---|---|"]
     for m in summary["matched"]:
-        if m.get("mode", METHOD) in FAMILIES or m.get("mode") in ERASER_FAMILIES:
+        if m.get("mode", METHOD) in FAMILIES or _is_eraser(m):  # erasers' controls too: each with its curves
             dagger = "" if m["crows"].get("monotone", True) else " †"
-            lines.append(f"| {m.get('mode', METHOD)} | {m['alpha']:g} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | "
+            who, alpha = _who(m)
+            lines.append(f"| {who} | {alpha} | {m['method_ppl']:.2f} | {m['curve']}{dagger} | "
                          f"{' | '.join(_cells(m))} |")
-    controls = [m for m in summary["matched"] if m.get("mode", METHOD) not in FAMILIES
-                and m.get("mode") not in ERASER_FAMILIES]
+    controls = [m for m in summary["matched"] if m.get("mode", METHOD) not in FAMILIES and not _is_eraser(m)]
     if controls:
         lines += ["", "## Matched perplexity: each control minus the degradation curve", "",
                   "The same comparison for the controls, so that a method below pure degradation can be set against "

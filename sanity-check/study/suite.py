@@ -17,6 +17,7 @@ and `suite.md` beside the study's summary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -82,19 +83,29 @@ def load_suite(out: Path, names: list[str]) -> dict:
     return loaded
 
 
-def check_same_items(suite: dict) -> dict[str, list[int]]:
-    """Every variant must have scored the same documents of each task; returns {task: doc ids}."""
-    doc_ids = {}
-    for name, entry in suite.items():
-        for task, items in entry["items"].items():
-            if doc_ids.setdefault(task, items["doc_id"]) != items["doc_id"]:
-                raise ValueError(f"{name} scored other {task} items than the other variants: no paired comparison")
-    return doc_ids
+def same_items(suite: dict) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """The documents each task was scored on, and the variants left out because they scored other ones (another
+    seed or subset: no paired comparison with the rest); FP, then the others in order, set the reference."""
+    doc_ids, excluded = {}, {}
+    for name in sorted(suite, key=lambda n: n != BASELINE):
+        items = suite[name]["items"]
+        odd = [task for task in items if task in doc_ids and doc_ids[task] != items[task]["doc_id"]]
+        if odd:
+            excluded[name] = f"scored other {', '.join(odd)} items than the variants before it"
+            continue
+        for task in items:
+            doc_ids.setdefault(task, items[task]["doc_id"])
+    return doc_ids, excluded
+
+
+def task_seed(seed: int, task: str) -> int:
+    """Each task its own resample stream, keyed by its name: adding a task elsewhere never moves another's."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{task}".encode()).digest()[:4], "little")
 
 
 def resamples(doc_ids: dict[str, list[int]], n_boot: int, seed: int) -> dict[str, np.ndarray]:
-    """Per task, the item resamples every variant shares (each task its own stream: seed + position)."""
-    return {task: bootstrap_indices(len(ids), n_boot, seed + k) for k, (task, ids) in enumerate(sorted(doc_ids.items()))}
+    """Per task, the item resamples every variant shares."""
+    return {task: bootstrap_indices(len(ids), n_boot, task_seed(seed, task)) for task, ids in doc_ids.items()}
 
 
 def variant_statistics(items: dict, idx: dict[str, np.ndarray]) -> dict[str, tuple[float, np.ndarray]]:
@@ -113,13 +124,14 @@ def variant_statistics(items: dict, idx: dict[str, np.ndarray]) -> dict[str, tup
 
 
 def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
-    doc_ids = check_same_items(suite)
+    doc_ids, excluded = same_items(suite)
     idx = resamples(doc_ids, n_boot, seed)
-    stats = {name: variant_statistics(entry["items"], idx) for name, entry in suite.items()}
+    stats = {name: variant_statistics(entry["items"], idx) for name, entry in suite.items() if name not in excluded}
     rows = []
     for name, values in stats.items():
+        # True / False: the suite's checkpoint is / is not the first stage's model; None: not checked (no record)
         check = suite[name]["job"].get("checkpoint_check", {})
-        row = {"variant": name, "first_stage_model": check.get("match", True),
+        row = {"variant": name, "first_stage_model": check.get("match"),
                **{k: {"value": v, "ci": _ci(r)} for k, (v, r) in values.items()}}
         base = stats.get(BASELINE)
         if base and "zeroshot_avg" in values and "zeroshot_avg" in base:
@@ -127,14 +139,17 @@ def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
             row["zeroshot_retention_pct"] = {"value": 100 * values["zeroshot_avg"][0] / base["zeroshot_avg"][0],
                                              "ci": _ci(ratio)}
         rows.append(row)
-    return {"variants": rows, "differences": differences(stats),
+    on_first_stage = {row["variant"]: row["first_stage_model"] for row in rows}
+    return {"variants": rows, "differences": differences(stats, on_first_stage), "excluded": excluded,
             "items": {task: {"n": len(ids), **suite[next(iter(suite))]["data"].get("subsets", {}).get(task, {})}
                       for task, ids in doc_ids.items()},
             "bootstrap": {"resamples": n_boot, "seed": seed}}
 
 
-def differences(stats: dict) -> list[dict]:
-    """Each variant minus FP and minus plain GPTQ, paired (same items, same resamples); Δ|bias| for bias scores."""
+def differences(stats: dict, on_first_stage: dict | None = None) -> list[dict]:
+    """Each variant minus FP and minus plain GPTQ, paired (same items, same resamples); Δ|bias| for bias scores.
+    `both_first_stage_model` is False when either side's suite ran on a re-quantization."""
+    on_first_stage = on_first_stage or {}
     out = []
     for reference in (BASELINE, "gptq"):
         if reference not in stats:
@@ -142,7 +157,9 @@ def differences(stats: dict) -> list[dict]:
         for name, values in stats.items():
             if name == reference:
                 continue
-            entry = {"variant": name, "reference": reference}
+            sides = (on_first_stage.get(name), on_first_stage.get(reference))
+            entry = {"variant": name, "reference": reference,
+                     "both_first_stage_model": False if False in sides else (None if None in sides else True)}
             for key, (value, resampled) in values.items():
                 if key not in stats[reference]:
                     continue
@@ -190,19 +207,28 @@ def _cell(entry: dict | None, scale: float = 100.0, signed: bool = False) -> str
 
 def render_markdown(summary: dict, header: list[str]) -> str:
     scale = {c: (1.0 if c == "zeroshot_retention_pct" else 100.0) for c in COLUMNS}
+    marks = {True: "", False: " †", None: " ?"}
     lines = [*header, "", "## Per variant (accuracy in %, BBQ bias scores × 100; 95 % bootstrap intervals)", "",
+             "truthfulqa_mc2's value is its MC2 score (the normalised probability on the true answers), the other "
+             "tasks' lm-eval's `acc`. Intervals resample single items. Winogender's sentences come in gender triples "
+             "of one template and BBQ's in sets of one template (ambiguous / disambiguated, two question polarities), "
+             "so for those two the intervals are somewhat too narrow; the paired differences share the resamples.", "",
              "| variant | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in summary["variants"]:
-        mark = "" if row["first_stage_model"] else " †"
+        mark = marks[row["first_stage_model"]]
         lines.append(f"| {row['variant']}{mark} | " + " | ".join(_cell(row.get(c), scale[c]) for c in COLUMNS) + " |")
     lines += ["", "† the suite ran on a re-quantization that is not the model of the first-stage results "
-              "(`runs/<variant>/checkpoint.json`).", "",
-              "## Differences (paired: same items, same resamples; `*` = the interval excludes 0)", "",
-              "Δ |bias| compares BBQ bias scores by their distance from 0, the ideal: negative = less biased.", "",
+              "(`runs/<variant>/checkpoint.json`); ? not checked.", ""]
+    for name, why in summary.get("excluded", {}).items():
+        lines += [f"Left out: {name} ({why}).", ""]
+    lines += ["## Differences (paired: same items, same resamples; `*` = the interval excludes 0)", "",
+              "Δ |bias| compares BBQ bias scores by their distance from 0, the ideal: negative = less biased. † when "
+              "either side ran on a re-quantization.", "",
               "| variant | minus | " + " | ".join(f"Δ {c}" for c in DIFF_COLUMNS) + " |",
               "|---" * (len(DIFF_COLUMNS) + 2) + "|"]
     for entry in summary["differences"]:
-        lines.append(f"| {entry['variant']} | {entry['reference']} | "
+        mark = marks[entry.get("both_first_stage_model")]
+        lines.append(f"| {entry['variant']}{mark} | {entry['reference']} | "
                      + " | ".join(_cell(entry.get(c), 100.0, signed=True) for c in DIFF_COLUMNS) + " |")
     lines += ["", "## Items", "", "| task | items | of | indices sha256 |", "|---|---|---|---|"]
     for task, info in sorted(summary["items"].items()):
