@@ -7,7 +7,8 @@ and `suite.md` beside the study's summary.
 - Accuracy is lm-eval's `acc` for every task (for truthfulqa_mc2 its `acc` is the MC2 score: the normalised
   probability mass on the true answers), on the seeded subsets of suite_jobs.SUITE_SUBSETS.
 - Zero-shot average: the unweighted mean of the five zero-shot tasks' accuracies; retention = 100 · average of the
-  variant / average of FP, the paper's "zero-shot retention" measure, here on offline stand-ins for its tasks (BoolQ and Social IQa instead of ARC, HellaSwag, XStoryCloze-en).
+  variant / average of FP: the paper's "zero-shot retention" measure, here on offline stand-ins for its tasks
+  (BoolQ and Social IQa instead of ARC, HellaSwag and XStoryCloze-en).
 - BBQ: lm-eval's own aggregates (lm_eval.tasks.bbq.utils) on the stored per-item tuples; bias scores lie in [-1, 1]
   with 0 the ideal, so Δ|bias| decides better/worse. BBQ here is the shared folder's partial file (6 of 11
   categories), and every BBQ figure says so.
