@@ -88,3 +88,9 @@ def test_task_resamples_do_not_depend_on_the_other_tasks():
 def test_no_suite_run_writes_nothing(tmp_path):
     assert suite.write_suite_report(tmp_path, ["fp"], ["# t"]) is None
     assert not (tmp_path / "suite.md").exists()
+
+
+def test_floor_rates_are_guessing_and_the_majority_answer():
+    items = {"loglikelihoods": [[0, 0], [0, 0], [0, 0, 0, 0]], "target": [1, 1, 0]}
+    rates = suite.floor_rates(items)
+    assert rates["chance"] == pytest.approx((0.5 + 0.5 + 0.25) / 3) and rates["majority"] == pytest.approx(2 / 3)

@@ -141,10 +141,28 @@ def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
                                              "ci": _ci(ratio)}
         rows.append(row)
     on_first_stage = {row["variant"]: row["first_stage_model"] for row in rows}
+    first = next(iter(stats))
+    baselines = {task: floor_rates(suite[first]["items"][task]) for task in doc_ids if task in CHANCE_TASKS}
     return {"variants": rows, "differences": differences(stats, on_first_stage), "excluded": excluded,
-            "items": {task: {"n": len(ids), **suite[next(iter(suite))]["data"].get("subsets", {}).get(task, {})}
+            "items": {task: {"n": len(ids), **suite[first]["data"].get("subsets", {}).get(task, {}),
+                             **baselines.get(task, {})}
                       for task, ids in doc_ids.items()},
             "bootstrap": {"resamples": n_boot, "seed": seed}}
+
+
+# tasks with one gold choice among a fixed set, where chance and the majority class are defined
+CHANCE_TASKS = ("piqa", "openbookqa", "boolq", "social_iqa", WINOGENDER)
+
+
+def floor_rates(items: dict) -> dict:
+    """What accuracy a model gets with no skill on these items: uniform guessing (mean 1/choices) and always
+    answering the most frequent gold index (the majority class, e.g. BoolQ's 'yes')."""
+    if not items.get("loglikelihoods"):
+        return {}
+    choices = [len(lls) for lls in items["loglikelihoods"]]
+    targets = items.get("target", [])
+    majority = max(targets.count(t) for t in set(targets)) / len(targets) if targets else None
+    return {"chance": float(np.mean([1 / c for c in choices])), "majority": majority}
 
 
 def differences(stats: dict, on_first_stage: dict | None = None) -> list[dict]:
@@ -231,9 +249,14 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         mark = marks[entry.get("both_first_stage_model")]
         lines.append(f"| {entry['variant']}{mark} | {entry['reference']} | "
                      + " | ".join(_cell(entry.get(c), 100.0, signed=True) for c in DIFF_COLUMNS) + " |")
-    lines += ["", "## Items", "", "| task | items | of | indices sha256 |", "|---|---|---|---|"]
+    lines += ["", "## Items", "",
+              "Chance = uniform guessing, majority = always the most frequent gold answer, on these items: a task "
+              "where FP's accuracy is not above both carries no signal for retention.", "",
+              "| task | items | of | chance % | majority % | indices sha256 |", "|---|---|---|---|---|---|"]
     for task, info in sorted(summary["items"].items()):
-        lines.append(f"| {task} | {info['n']} | {info.get('of', '–')} | `{info.get('indices_sha256', '–')[:16]}` |")
+        floors = [f"{100 * info[k]:.1f}" if info.get(k) is not None else "–" for k in ("chance", "majority")]
+        lines.append(f"| {task} | {info['n']} | {info.get('of', '–')} | {' | '.join(floors)} | "
+                     f"`{info.get('indices_sha256', '–')[:16]}` |")
     return "\n".join(lines) + "\n"
 
 
