@@ -168,12 +168,17 @@ def dynamic_get(dynamic: Dict[str, Dict[str, Union[int, bool]]], module_name: st
 # ---------------------------------------------------------------------------------------------------------------
 
 FAIR_GPTQ_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "fair_target", "fair_rank", "fair_seed",
+                    "fair_accumulate",
                     "log_delta_w", "log_hessian_sensitivity", "log_dir", "log_run_id")
 # the fields a `dynamic` rule may override for the modules it matches; the seed and the logs belong to the whole run
 FAIR_DYNAMIC_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "fair_target", "fair_rank")
 # what the paired term penalises: every token-aligned difference (pairs), its top-k signed directions (direction),
 # or k seeded random directions with the same weights (random-direction, a control); see gptq.py
 FAIR_TARGETS = ("pairs", "direction", "random-direction")
+# how H and H01 are accumulated for a module with the pairs term: "direct" (upstream's H, then D D^T per pair) or
+# "sum-difference" (H = (1/n)(U U^T + D D^T) with U = X_s + X_a, D = X_s - X_a: upstream's GEMM work for both; H
+# differs from upstream's by float rounding only); see gptq.py _fair_sum_difference
+FAIR_ACCUMULATE = ("direct", "sum-difference")
 
 _MODULE_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -387,6 +392,8 @@ class QuantizeConfig():
     fair_rank: int = field(default=1)
     # Fair-GPTQ: seed of "random-direction", combined with each module's name
     fair_seed: int = field(default=0)
+    # Fair-GPTQ: "direct" (default) or "sum-difference" (H and H01 from pair sums and differences, fewer flops)
+    fair_accumulate: str = field(default="direct")
     # Fair-GPTQ: per-module logs, written under log_dir (nothing is written when 0)
     log_delta_w: int = field(default=0)
     log_hessian_sensitivity: int = field(default=0)
@@ -478,6 +485,9 @@ class QuantizeConfig():
             setattr(self, name, normalise_fair_setting(name, getattr(self, name)))
         check_fair_rank({name: getattr(self, name) for name in FAIR_DYNAMIC_FIELDS})
         self.fair_seed = _as_integer("fair_seed", self.fair_seed, 0)
+        if self.fair_accumulate not in FAIR_ACCUMULATE:
+            raise ValueError(f"QuantizeConfig: `fair_accumulate` must be one of "
+                             f"{', '.join(map(repr, FAIR_ACCUMULATE))}, got {self.fair_accumulate!r}.")
         self.log_delta_w = _as_flag("log_delta_w", self.log_delta_w)
         self.log_hessian_sensitivity = _as_flag("log_hessian_sensitivity", self.log_hessian_sensitivity)
         if not isinstance(self.log_dir, str) or not self.log_dir:
@@ -506,6 +516,9 @@ class QuantizeConfig():
                 raise ValueError(f"{str(error).rstrip('.')} in `dynamic` rule {rule!r}.") from None
             self.dynamic[rule] = normalised
         targets = [self.fair_target] + [o.get("fair_target") for o in (self.dynamic or {}).values()]
+        if self.fair_accumulate != "direct" and "pairs" not in targets:
+            raise ValueError(f"QuantizeConfig: `fair_accumulate` = {self.fair_accumulate!r} applies to fair_target "
+                             f"'pairs' only, which neither the field nor a `dynamic` rule sets.")
         if self.fair_seed != 0 and "random-direction" not in targets:
             raise ValueError(f"QuantizeConfig: `fair_seed` = {self.fair_seed} is used by fair_target "
                              f"'random-direction' only, which neither the field nor a `dynamic` rule sets.")

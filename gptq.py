@@ -19,7 +19,8 @@
 # Fair-GPTQ overlay of gptqmodel/quantization/gptq.py (GPTQModel v2.2.0).
 # The upstream algorithm is unchanged. The whole Fair-GPTQ delta is the section "Fair-GPTQ" at the end of the
 # GPTQ class (methods named `_fair_*`, and one function after it) plus five call sites marked `# Fair-GPTQ`:
-#   __init__ (gating), add_batch (pair layout), process_batch (accumulate H01), quantize (shift W before the
+#   __init__ (gating), add_batch (pair layout), process_batch (accumulate H01; with fair_accumulate=
+#   "sum-difference" H too, in place of upstream's update), quantize (shift W before the
 #   column loop; write the logs after it), free. A module whose term is inactive (alpha=0, ignored module,
 #   unselected layer, HF-optimum path) runs exactly the upstream code and allocates nothing extra. alpha,
 #   ignore_bias, select_layer, sum_hessians, fair_target and fair_rank can be set per module through `dynamic`
@@ -162,6 +163,8 @@ class GPTQ:
     def process_batch(self, inp, pair_shape: Optional[Tuple[int, int]] = None):
         inp = inp.to(device=self.device)
         if self.fair_active:  # Fair-GPTQ
+            if self._fair_sum_difference(inp, pair_shape):
+                return  # H and H01 both accumulated from pair sums and differences
             self._fair_accumulate(inp, pair_shape)
         # if os.environ.get("DEBUG"):
         #     self.inp1 = inp
@@ -576,6 +579,7 @@ class GPTQ:
         settings = self.qcfg.fair_settings_for(self.full_name)
         self.fair_alpha, self.fair_sum_hessians = settings["alpha"], settings["sum_hessians"]
         self.fair_target, self.fair_rank = settings["fair_target"], settings["fair_rank"]
+        self.fair_accumulate = getattr(self.qcfg, "fair_accumulate", "direct")
         # every named module of a Fair-GPTQ run records its batch shapes, so flattened siblings can find their pairs
         self._fair_records_shapes = named and self.qcfg.fair_enabled()
         self.fair_active = self.qcfg.fair_term_active(self.full_name, self.layer_index)  # False without a name
@@ -628,6 +632,45 @@ class GPTQ:
                 f"{'never seen' if recorded is None else f'(batch={recorded[0]}, seq={recorded[1]})'}.")
         return recorded
 
+    def _fair_check_even(self, inp: torch.Tensor, batch_size: int):
+        if batch_size % 2 != 0:
+            raise ValueError(
+                f"Fair-GPTQ: module `{self.full_name}` got a calibration batch of {batch_size} sequences (input shape "
+                f"{tuple(inp.shape)}). Rows 2i and 2i+1 of a batch are a (stereotype, anti-stereotype) pair, so the "
+                f"batch size must be even.")
+
+    def _fair_sum_difference(self, inp: torch.Tensor, pair_shape: Tuple[int, int]) -> bool:
+        """fair_accumulate="sum-difference" (pairs target only): H and H01 from U = X_s + X_a and D = X_s - X_a.
+
+        For a pair, X_s X_s^T + X_a X_a^T = (U U^T + D D^T) / 2, so upstream's H = (2/n) sum x x^T is
+        (1/n)(U U^T + D D^T), and D D^T is H01's too: both for the GEMM work of upstream's H alone. H keeps upstream's
+        running average and sample count (a flattened 2-D batch is one sample), so it equals upstream's H up to float
+        rounding; H01 is updated exactly as _fair_accumulate does. Returns False (nothing done) in the default mode."""
+        if self.fair_accumulate != "sum-difference" or self.fair_target != "pairs":
+            return False
+        batch_size, seq_len = pair_shape
+        self._fair_check_even(inp, batch_size)
+        sequences = inp.reshape(batch_size, seq_len, -1).float()
+        u = (sequences[0::2] + sequences[1::2]).reshape(-1, self.columns)
+        d = (sequences[0::2] - sequences[1::2]).reshape(-1, self.columns)
+        samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H
+        if not hasattr(self, "H"):
+            self.H = torch.zeros((self.columns, self.columns), device=self.device)
+        else:
+            self.H *= self.nsamples / (self.nsamples + samples)
+        self.nsamples += samples
+        dd = d.t().matmul(d)
+        self.H.addmm_(u.t(), u, alpha=1 / self.nsamples)
+        self.H.add_(dd, alpha=1 / self.nsamples)
+        if self.H01 is None:
+            self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
+        else:
+            self.H01 *= self._fair_nsamples / (self._fair_nsamples + samples)
+        self._fair_nsamples += samples
+        self.n_pairs += batch_size // 2
+        self.H01.add_(dd, alpha=self.fair_alpha * 2 / (self._fair_nsamples / 2))
+        return True
+
     def _fair_accumulate(self, inp: torch.Tensor, pair_shape: Tuple[int, int]):
         """H01 <- running average of alpha (2/n_pairs) sum D D^T, updated exactly like H.
 
@@ -638,11 +681,7 @@ class GPTQ:
         batch that cannot be accumulated on the device is accumulated on the CPU, then H01 moves back.
         """
         batch_size, seq_len = pair_shape
-        if batch_size % 2 != 0:
-            raise ValueError(
-                f"Fair-GPTQ: module `{self.full_name}` got a calibration batch of {batch_size} sequences (input shape "
-                f"{tuple(inp.shape)}). Rows 2i and 2i+1 of a batch are a (stereotype, anti-stereotype) pair, so the "
-                f"batch size must be even.")
+        self._fair_check_even(inp, batch_size)
         sequences = inp.reshape(batch_size, seq_len, -1)
         new_pairs = batch_size // 2
         samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H

@@ -33,6 +33,7 @@ class FairGPTQConfig(GPTQConfig):
     fair_target: str = field(default="pairs")
     fair_rank: int = field(default=1)
     fair_seed: int = field(default=0)
+    fair_accumulate: str = field(default="direct")  # the overlay's "sum-difference" is not ported either
     log_delta_w: int = field(default=0)  # 1: append one record per active module to log_dir/delta_w.jsonl
     log_hessian_sensitivity: int = field(default=0)  # 1: log_dir/hessian_sensitivity/<module>.csv
     log_dir: str = field(default="./logs")
@@ -114,7 +115,8 @@ class FairGPTQConfig(GPTQConfig):
         return super().uses_weight_only_lifecycle()
 
 
-UNPORTED_FIELDS = {"fair_target": "pairs", "fair_rank": 1, "fair_seed": 0}  # field -> the only value accepted here
+# field -> the only value accepted here
+UNPORTED_FIELDS = {"fair_target": "pairs", "fair_rank": 1, "fair_seed": 0, "fair_accumulate": "direct"}
 
 
 def _refuse_unported_targets(values: Dict[str, Any]):
@@ -127,8 +129,7 @@ def _refuse_unported_targets(values: Dict[str, Any]):
                              f"fair_target 'pairs'.")
         if isinstance(value, bool) or value != UNPORTED_FIELDS[name]:
             raise ValueError(f"FairGPTQConfig: `{name}` must be {UNPORTED_FIELDS[name]!r} in fair_gptq_v7 (other "
-                             f"values belong to the 2.2.0 overlay's fair_target 'direction' / 'random-direction'), "
-                             f"got {value!r}.")
+                             f"values belong to the 2.2.0 overlay only), got {value!r}.")
 
 
 def _require_fair_processor():

@@ -346,3 +346,55 @@ def test_the_loss_notice_is_logged_once_per_run(monkeypatch):
         g.add_batch(paired_inputs(1), None)
         g.quantize()
     assert sum("measured against the shifted weights W'" in note for note in notes) == 2
+
+
+# ----------------------------------------------------------------------------- fair_accumulate="sum-difference"
+
+
+@pytest.mark.parametrize("layout", ["3d", "flat"])
+def test_sum_difference_accumulation_gives_upstreams_h_and_the_same_h01(layout):
+    """H from pair sums and differences equals upstream's direct H (float32 rounding only), H01 the per-pair one;
+    checked against float64 sums of X X^T and D D^T, for 3-D and flattened (OPT fc1/fc2) inputs."""
+    batches = [paired_inputs(2, seed=21 + i) for i in range(3)]
+    layer = {"3d": 40, "flat": 41}[layout]
+    gs = {}
+    for mode in ("direct", "sum-difference"):
+        cfg = QuantizeConfig(alpha=0.3, desc_act=False, fair_accumulate=mode)
+        sibling = GPTQ(named_linear(layer_index=layer, name="self_attn.q_proj"), cfg)
+        g = GPTQ(named_linear(layer_index=layer, name="fc1" if layout == "flat" else "mlp.fc"), cfg)
+        for batch in batches:
+            sibling.add_batch(batch, None)  # records the 3-D shape a flattened sibling pairs its rows by
+            g.add_batch(batch.reshape(-1, COLS) if layout == "flat" else batch, None)
+        gs[mode] = g
+    direct, summed = gs["direct"], gs["sum-difference"]
+    assert summed.nsamples == direct.nsamples and summed.n_pairs == direct.n_pairs == 6
+    X = torch.cat([b.reshape(-1, COLS) for b in batches]).double()
+    D = torch.cat([(b[0::2] - b[1::2]).reshape(-1, COLS) for b in batches]).double()
+    n = direct.nsamples  # upstream's count: 12 sequences (3-D) or 3 batches (flattened)
+    H = 2 / n * X.t() @ X
+    H01 = 0.3 * 2 / (n / 2) * D.t() @ D
+    eps = torch.finfo(torch.float32).eps
+    for g in (direct, summed):
+        # each entry sums len(X) products: a float32 error bound of a few eps times the sum of |products|
+        bound = 8 * eps * X.shape[0] * (2 / n) * (X.abs().t() @ X.abs())
+        assert ((g.H.double() - H).abs() <= bound + 1e-12).all()
+        torch.testing.assert_close(g.H01.double(), H01, rtol=1e-5, atol=1e-5)
+    if layout == "3d":  # and the shift built from them matches the float64 closed form
+        expected, H64, H01_64 = reference_shift(summed.module_copy, batches, 0.3, 1, summed.qcfg.damp_percent)
+        M = damped_matrix(H64, H01_64, 1, summed.qcfg.damp_percent)
+        assert_matches_float32_solve(captured_shift(summed), expected, summed.module_copy, M)
+
+
+def test_sum_difference_is_refused_where_it_cannot_apply_and_default_is_direct():
+    assert QuantizeConfig(alpha=0.1).fair_accumulate == "direct"
+    with pytest.raises(ValueError, match="fair_accumulate"):
+        QuantizeConfig(alpha=0.1, fair_accumulate="fast")
+    with pytest.raises(ValueError, match="fair_accumulate.*'pairs' only"):
+        QuantizeConfig(alpha=0.1, fair_target="direction", fair_accumulate="sum-difference")
+
+
+def test_inactive_modules_keep_upstreams_h_bit_for_bit_with_sum_difference():
+    batch = paired_inputs(2, seed=3)
+    plain = run_gptq(named_linear(), [batch], alpha=0.0)
+    ignored = run_gptq(named_linear(), [batch], alpha=0.5, ignore_bias="fc", fair_accumulate="sum-difference")
+    assert torch.equal(plain.H, ignored.H) and ignored.H01 is None

@@ -41,6 +41,7 @@ def test_gptaq_and_foem_are_refused_with_the_term():
     (dict(fair_target="random-direction"), r"`fair_target` 'random-direction' is supported by the GPTQModel 2\.2\.0"),
     (dict(fair_rank=2), r"`fair_rank` must be 1 in fair_gptq_v7"),
     (dict(fair_seed=3), r"`fair_seed` must be 0 in fair_gptq_v7"),
+    (dict(fair_accumulate="sum-difference"), r"`fair_accumulate` must be 'direct' in fair_gptq_v7"),
     (dict(dynamic={r".*fc1": {"fair_target": "direction"}}), r"overlay only.* in `dynamic` rule '\.\*fc1'\.$"),
 ])
 def test_the_overlays_direction_targets_are_refused(kwargs, message):
