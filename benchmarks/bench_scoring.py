@@ -49,23 +49,14 @@ def load_smollm2():
 
 def bare_batches(tokenizer, texts, batch_size):
     """The engine's batches, prebuilt: [prefix] + tokens, sorted longest first, right-padded."""
-    import torch
-
     from evaluation.scoring import encode_sentences, prefix_token_id
+    from fair_gptq.batching import right_padded
 
     prefix = prefix_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
     seqs = sorted(([prefix] + s for s in encode_sentences(tokenizer, texts)), key=len, reverse=True)
-    batches = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = [s[:-1] for s in seqs[start:start + batch_size]]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, s in enumerate(chunk):
-            ids[row, :len(s)] = torch.tensor(s)
-            mask[row, :len(s)] = 1
-        batches.append((ids, mask))
+    batches = [right_padded([s[:-1] for s in seqs[start:start + batch_size]], pad)
+               for start in range(0, len(seqs), batch_size)]
     return batches, sum(len(s) - 1 for s in seqs)
 
 

@@ -193,3 +193,10 @@ def test_study_report_rebuilds_the_committed_summary(folder, tmp_path, monkeypat
     rebuilt = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     committed = json.loads((ROOT / folder / "summary.json").read_text(encoding="utf-8"))
     assert _without_dates(rebuilt) == _without_dates(committed)
+
+
+def test_right_padded_keeps_tokens_in_place_and_masks_the_padding():
+    from fair_gptq.batching import right_padded
+
+    ids, mask = right_padded([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]

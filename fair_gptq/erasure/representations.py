@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fair_gptq.batching import right_padded
+
 HIDDEN_STATE_LOCATION = "input of get_output_embeddings() (final hidden state after the last norm)"
 POOLING = "mean over the sentence's tokens, after one prefix token (BOS, else EOS)"
 
@@ -70,12 +72,7 @@ def pooled_representations(model: torch.nn.Module, tokenizer, sentences: Sequenc
     try:
         for start in range(0, len(sequences), batch_size):
             batch = sequences[start:start + batch_size]
-            width = max(len(seq) for seq in batch)
-            input_ids = torch.full((len(batch), width), prefix_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, seq in enumerate(batch):
-                input_ids[row, :len(seq)] = torch.tensor(seq)
-                mask[row, :len(seq)] = 1
+            input_ids, mask = right_padded(batch, prefix_id)
             captured.clear()
             model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
             if len(captured) != 1:
