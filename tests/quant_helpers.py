@@ -47,3 +47,19 @@ def read_delta_w_log(log_dir) -> list:
     """The records of `log_dir/delta_w.jsonl`, in the order they were written."""
     import json
     return [json.loads(line) for line in (Path(log_dir) / "delta_w.jsonl").read_text().splitlines()]
+
+
+def filled_gptq(module, batches, **cfg):
+    """A GPTQ task of the installed overlay on one module (no groups, no act-order), fed `batches`."""
+    from gptqmodel.quantization import GPTQ, QuantizeConfig
+
+    g = GPTQ(module, QuantizeConfig(desc_act=False, group_size=-1, **cfg))
+    g.quantizer.configure(perchannel=True)
+    for batch in batches:
+        g.add_batch(batch, None)
+    return g
+
+
+def captured_shift(g):
+    """Run the weight shift of a filled GPTQ task and return W'."""
+    return g._fair_shift_weights(g.module_copy.clone())

@@ -14,7 +14,7 @@ from torch import nn
 from gptqmodel.looper.named_module import NamedModule
 from gptqmodel.quantization import GPTQ, QuantizeConfig
 
-from quant_helpers import load_upstream_module
+from quant_helpers import captured_shift, filled_gptq, load_upstream_module
 
 ROWS, COLS, SEQ = 24, 32, 12
 PLANTED = torch.tensor([1.0, -0.5, 0.25, 0.8] + [0.0] * (COLS - 4))
@@ -93,16 +93,6 @@ def assert_matches_float32_solve(shifted, expected, W, M):
     assert error <= tolerance, f"|W' - expected| = {error:.3g} > {tolerance:.3g} (shift {shift_norm:.3g})"
 
 
-def filled_task(module, batches, **cfg):
-    g = GPTQ(module, QuantizeConfig(desc_act=False, group_size=-1, **cfg))
-    g.quantizer.configure(perchannel=True)
-    for batch in batches:
-        g.add_batch(batch, None)
-    return g
-
-
-def captured_shift(g):
-    return g._fair_shift_weights(g.module_copy.clone())
 
 
 BATCHES = [paired_batch(differences(3, seed=1), seed=11), paired_batch(differences(3, seed=2), seed=12)]
@@ -114,7 +104,7 @@ BATCHES = [paired_batch(differences(3, seed=1), seed=11), paired_batch(differenc
 def test_shift_matches_float64_closed_form(rank, sum_hessians):
     module = named_linear()
     W = module.weight.data.clone()
-    g = filled_task(module, BATCHES, alpha=0.7, fair_target="direction", fair_rank=rank, sum_hessians=sum_hessians)
+    g = filled_gptq(module, BATCHES, alpha=0.7, fair_target="direction", fair_rank=rank, sum_hessians=sum_hessians)
     assert g.H01 is None  # the direction target keeps sums, not a columns x columns matrix, while accumulating
     expected, _, _, M = reference_direction_shift(W, BATCHES, 0.7, rank, sum_hessians, g.qcfg.damp_percent)
     assert_matches_float32_solve(captured_shift(g), expected, W, M)
@@ -125,7 +115,7 @@ def test_shift_matches_float64_closed_form(rank, sum_hessians):
 def test_the_shift_has_rank_at_most_k(target, rank):
     module = named_linear()
     W = module.weight.data.clone()
-    shifted = captured_shift(filled_task(module, BATCHES, alpha=2.0, fair_target=target, fair_rank=rank))
+    shifted = captured_shift(filled_gptq(module, BATCHES, alpha=2.0, fair_target=target, fair_rank=rank))
     singular = torch.linalg.svdvals((shifted - W).double())
     # beyond k only float32 rounding of W - dW (|W| ~ 0.1): far below the shift's own singular values
     assert singular[rank - 1] > 1e-2 * singular[0]
@@ -134,9 +124,9 @@ def test_the_shift_has_rank_at_most_k(target, rank):
 
 def test_trace_equals_that_of_the_pairs_term_on_the_same_pairs():
     module = named_linear()
-    pairs = filled_task(module, BATCHES, alpha=0.7)
+    pairs = filled_gptq(module, BATCHES, alpha=0.7)
     for target, rank in [("direction", 1), ("direction", 3), ("random-direction", 2)]:
-        h01 = filled_task(module, BATCHES, alpha=0.7, fair_target=target, fair_rank=rank)._fair_direction_h01()
+        h01 = filled_gptq(module, BATCHES, alpha=0.7, fair_target=target, fair_rank=rank)._fair_direction_h01()
         _, reference, _, _ = reference_direction_shift(module.weight.data, BATCHES, 0.7, 1, 1, 0.01)
         assert torch.trace(h01).item() == pytest.approx(np.trace(reference), rel=1e-5)
         assert torch.trace(h01).item() == pytest.approx(torch.trace(pairs.H01).item(), rel=1e-4)
@@ -162,7 +152,7 @@ def test_flattened_input_gets_the_same_shift_as_3d_input():
 
 def test_the_mean_difference_is_taken_over_the_positions_where_the_rows_differ():
     diff = differences(4, seed=3, noise=0.0)  # exactly weight * PLANTED after a zero prefix
-    g = filled_task(named_linear(), [paired_batch(diff)], alpha=0.5, fair_target="direction")
+    g = filled_gptq(named_linear(), [paired_batch(diff)], alpha=0.5, fair_target="direction")
     per_pair = [diff[p][diff[p].abs().sum(dim=1) > 0].double().mean(dim=0) for p in range(4)]
     known = torch.stack(per_pair).mean(dim=0)  # along PLANTED: no noise in these differences
     torch.testing.assert_close(g._fair_mean_sum / g.n_pairs, known, rtol=1e-5, atol=1e-6)
@@ -174,8 +164,8 @@ def test_order_contract_stereotype_first_gives_the_planted_sign():
     """Rows 2i are stereotypes: the mean of x_2i - x_2i+1 points along PLANTED; the same pairs given
     anti-stereotype first give the opposite mean (and, the term being quadratic, the same shift)."""
     diff = differences(4, seed=4, noise=0.0)
-    ordered = filled_task(named_linear(), [paired_batch(diff)], alpha=0.5, fair_target="direction")
-    reversed_ = filled_task(named_linear(), [paired_batch(diff, flip=range(4))], alpha=0.5, fair_target="direction")
+    ordered = filled_gptq(named_linear(), [paired_batch(diff)], alpha=0.5, fair_target="direction")
+    reversed_ = filled_gptq(named_linear(), [paired_batch(diff, flip=range(4))], alpha=0.5, fair_target="direction")
     mean = ordered._fair_mean_sum / ordered.n_pairs
     cosine = torch.nn.functional.cosine_similarity(mean, PLANTED.double(), dim=0)
     assert cosine > 0.999
@@ -190,7 +180,7 @@ def test_flipping_half_the_pairs_cancels_the_mean(tmp_path):
     fractions = {}
     for name, flip in {"consistent": (), "half flipped": (0, 2, 5, 7)}.items():
         log_dir = tmp_path / name.replace(" ", "-")
-        g = filled_task(named_linear(), [paired_batch(diff, flip=flip)], alpha=0.5, fair_target="direction",
+        g = filled_gptq(named_linear(), [paired_batch(diff, flip=flip)], alpha=0.5, fair_target="direction",
                         log_delta_w=1, log_dir=str(log_dir))
         g.quantize()
         fractions[name] = json.loads((log_dir / "delta_w.jsonl").read_text())["mean_energy_fraction"]
@@ -202,10 +192,10 @@ def test_flipping_half_the_pairs_cancels_the_mean(tmp_path):
 def test_random_directions_are_seeded_per_module_and_norm_matched():
     module = named_linear()
     W = module.weight.data.clone()
-    tasks = {key: filled_task(named_linear(name=key[0]), BATCHES, alpha=0.7, fair_target="random-direction",
+    tasks = {key: filled_gptq(named_linear(name=key[0]), BATCHES, alpha=0.7, fair_target="random-direction",
                               fair_rank=2, fair_seed=key[1])
              for key in [("mlp.fc", 0), ("mlp.fc", 1), ("mlp.other", 0)]}
-    again = filled_task(named_linear(), BATCHES, alpha=0.7, fair_target="random-direction", fair_rank=2)
+    again = filled_gptq(named_linear(), BATCHES, alpha=0.7, fair_target="random-direction", fair_rank=2)
     frames = {key: task._fair_random_frame(2) for key, task in tasks.items()}
     assert torch.equal(frames[("mlp.fc", 0)], again._fair_random_frame(2))
     assert not torch.allclose(frames[("mlp.fc", 0)], frames[("mlp.fc", 1)])
@@ -289,8 +279,8 @@ def test_dynamic_rules_set_target_and_rank_per_module():
             for m in ("fc2", "out_proj", "fc1")] == [("direction", 2), ("random-direction", 1), ("pairs", 1)]
     module = named_linear(name="fc2")
     W = module.weight.data.clone()
-    fc2 = filled_task(module, BATCHES, **{k: v for k, v in vars(cfg).items() if k in ("alpha", "dynamic")})
-    fc1 = filled_task(named_linear(name="fc1"), BATCHES, alpha=0.3, dynamic=cfg.dynamic)
+    fc2 = filled_gptq(module, BATCHES, **{k: v for k, v in vars(cfg).items() if k in ("alpha", "dynamic")})
+    fc1 = filled_gptq(named_linear(name="fc1"), BATCHES, alpha=0.3, dynamic=cfg.dynamic)
     assert (fc2.fair_target, fc2.fair_rank, fc2.H01) == ("direction", 2, None)
     assert fc1.fair_target == "pairs" and fc1.H01 is not None  # the rule-less module keeps today's term
     expected, _, _, M = reference_direction_shift(W, BATCHES, 0.3, 2, 1, 0.01)
@@ -319,7 +309,7 @@ def test_fields_are_saved_with_the_term_only_and_load_with_stock_config(tmp_path
 def test_the_log_record_names_the_target_and_its_weights(tmp_path):
     module = named_linear()
     W = module.weight.data.clone()
-    g = filled_task(module, BATCHES, alpha=0.7, fair_target="direction", fair_rank=3, log_delta_w=1,
+    g = filled_gptq(module, BATCHES, alpha=0.7, fair_target="direction", fair_rank=3, log_delta_w=1,
                     log_dir=str(tmp_path))
     g.quantize()
     record = json.loads((tmp_path / "delta_w.jsonl").read_text())

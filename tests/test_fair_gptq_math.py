@@ -8,6 +8,8 @@ from torch import nn
 from gptqmodel.looper.named_module import NamedModule
 from gptqmodel.quantization import GPTQ, QuantizeConfig
 
+from quant_helpers import captured_shift, filled_gptq
+
 ROWS, COLS, SEQ = 24, 32, 12
 
 
@@ -58,25 +60,13 @@ def assert_matches_float32_solve(shifted, expected, W, M):
     assert error <= tolerance, f"|W' - expected| = {error:.3g} > {tolerance:.3g} (shift {shift_norm:.3g})"
 
 
-def run_gptq(module, batches, **cfg):
-    qcfg = QuantizeConfig(desc_act=False, group_size=-1, **cfg)
-    g = GPTQ(module, qcfg)
-    g.quantizer.configure(perchannel=True)
-    for b in batches:
-        g.add_batch(b, None)
-    return g
-
-
-def captured_shift(g):
-    """Run the weight shift of a filled GPTQ task and return W'."""
-    return g._fair_shift_weights(g.module_copy.clone())
 
 
 @pytest.mark.parametrize("sum_hessians", [1, 0])
 def test_shift_matches_float64_closed_form(sum_hessians):
     module = named_linear()
     batches = [paired_inputs(2, seed=1), paired_inputs(2, seed=2)]
-    g = run_gptq(module, batches, alpha=0.7, sum_hessians=sum_hessians)
+    g = filled_gptq(module, batches, alpha=0.7, sum_hessians=sum_hessians)
     expected, H, H01 = reference_shift(module.weight.data, batches, 0.7, sum_hessians, g.qcfg.damp_percent)
     shifted = captured_shift(g)
     assert not torch.allclose(expected.float(), module.weight.data, atol=1e-3)  # the shift is not a no-op
@@ -88,7 +78,7 @@ def test_exact_form_is_the_minimiser_of_the_fair_objective():
     module = named_linear()
     batches = [paired_inputs(3)]
     alpha = 0.5
-    g = run_gptq(module, batches, alpha=alpha, damp_percent=1e-6, damp_auto_increment=0.0)
+    g = filled_gptq(module, batches, alpha=alpha, damp_percent=1e-6, damp_auto_increment=0.0)
     shifted = captured_shift(g).double()
     W = module.weight.data.double()
     _, H, H01 = reference_shift(W, batches, alpha, 1, 1e-6)
@@ -102,7 +92,7 @@ def test_8bit_quantization_lands_close_to_the_shifted_weights():
     batches = [paired_inputs(4)]
     W = module.weight.data.clone()
     expected, _, _ = reference_shift(W, batches, 1.0, 1, 0.01)
-    g = run_gptq(module, batches, bits=8, alpha=1.0)
+    g = filled_gptq(module, batches, bits=8, alpha=1.0)
     Q = g.quantize()[0].double()
     shift = torch.linalg.norm(expected - W.double())
     assert torch.linalg.norm(Q - expected) < 0.05 * shift
@@ -120,8 +110,8 @@ def test_fair_quantization_lowers_the_bias_term_at_bounded_reconstruction_cost()
     batches = [paired_inputs(4, seed=s) for s in range(3)]
     W = named_linear().weight.data.clone()
     alpha = 0.3
-    q_plain = run_gptq(named_linear(), batches, alpha=0.0).quantize()[0]
-    q_fair = run_gptq(named_linear(), batches, alpha=alpha).quantize()[0]
+    q_plain = filled_gptq(named_linear(), batches, alpha=0.0).quantize()[0]
+    q_fair = filled_gptq(named_linear(), batches, alpha=alpha).quantize()[0]
     recon_plain, bias_plain, bias_fp = fair_objective_terms(q_plain, W, batches)
     recon_fair, bias_fair, _ = fair_objective_terms(q_fair, W, batches)
     assert bias_fair < 0.5 * bias_plain
@@ -135,8 +125,8 @@ def test_fair_quantization_lowers_the_bias_term_at_bounded_reconstruction_cost()
 
 def test_batch_of_four_and_two_batches_of_two_give_the_same_h01():
     batch4 = paired_inputs(2, seed=5)
-    g4 = run_gptq(named_linear(), [batch4], alpha=0.2)
-    g2 = run_gptq(named_linear(), [batch4[:2], batch4[2:]], alpha=0.2)
+    g4 = filled_gptq(named_linear(), [batch4], alpha=0.2)
+    g2 = filled_gptq(named_linear(), [batch4[:2], batch4[2:]], alpha=0.2)
     assert g4.n_pairs == g2.n_pairs == 2
     torch.testing.assert_close(g4.H01, g2.H01, rtol=1e-5, atol=1e-6)
     _, _, H01 = reference_shift(torch.zeros(ROWS, COLS), [batch4], 0.2, 1, 0.01)
@@ -194,12 +184,12 @@ def test_inactive_module_allocates_nothing_and_ignores_odd_batches():
 
 def test_logs_are_written_only_when_asked(tmp_path):
     batches = [paired_inputs(2)]
-    run_gptq(named_linear(), batches, alpha=0.5, log_dir=str(tmp_path / "off")).quantize()
+    filled_gptq(named_linear(), batches, alpha=0.5, log_dir=str(tmp_path / "off")).quantize()
     assert not (tmp_path / "off").exists()
 
     module = named_linear()
     W = module.weight.data.clone()
-    g = run_gptq(module, batches, alpha=0.5, log_delta_w=1, log_hessian_sensitivity=1, log_dir=str(tmp_path / "on"))
+    g = filled_gptq(module, batches, alpha=0.5, log_delta_w=1, log_hessian_sensitivity=1, log_dir=str(tmp_path / "on"))
     expected, _, H01 = reference_shift(W, batches, 0.5, 1, 0.01)
     Q = g.quantize()[0]
     record = json.loads((tmp_path / "on" / "delta_w.jsonl").read_text().splitlines()[0])
@@ -222,7 +212,7 @@ def test_logs_are_written_only_when_asked(tmp_path):
 def test_dead_columns_have_no_sensitivity_error(tmp_path):
     batch = paired_inputs(2)
     batch[..., 5] = 0  # column 5 never sees input: GPTQ zeroes it in W'
-    g = run_gptq(named_linear(), [batch], alpha=0.5, log_hessian_sensitivity=1, log_dir=str(tmp_path))
+    g = filled_gptq(named_linear(), [batch], alpha=0.5, log_hessian_sensitivity=1, log_dir=str(tmp_path))
     g.quantize()
     rows = {r.split(",")[0]: r.split(",") for r in
             (tmp_path / "hessian_sensitivity" / "model.layers.0.mlp.fc.csv").read_text().splitlines()[1:]}
@@ -250,7 +240,7 @@ def test_h01_allocation_retries_after_emptying_the_cache_like_h(monkeypatch):
 
     monkeypatch.setattr(torch, "zeros", zeros_failing_once)
     monkeypatch.setattr(overlay, "torch_empty_cache", lambda *a, **k: emptied.append(True))
-    g = run_gptq(named_linear(), batches, alpha=0.4)
+    g = filled_gptq(named_linear(), batches, alpha=0.4)
     monkeypatch.undo()
     assert len(calls) == 3 and emptied == [True]  # H01 failed, H01 retried, H
     _, _, H01 = reference_shift(torch.zeros(ROWS, COLS), batches, 0.4, 1, 0.01)
@@ -271,7 +261,7 @@ def test_h01_accumulation_falls_back_to_the_cpu_without_losing_or_repeating_a_pa
 
     monkeypatch.setattr(GPTQ, "_fair_add_pair", add_failing_once)
     monkeypatch.setattr(overlay, "torch_empty_cache", lambda *a, **k: emptied.append(True))
-    g = run_gptq(named_linear(), batches, alpha=0.4)
+    g = filled_gptq(named_linear(), batches, alpha=0.4)
     assert [pair for pair, _, _ in calls] == [0, 1, 1, 2, 0, 1, 2] and emptied == [True]
     assert all(device == "cpu" for _, seq_device, h01_device in calls[2:4] for device in (seq_device, h01_device))
     assert g.H01.device == g.device and g.n_pairs == 6
@@ -321,7 +311,7 @@ def test_log_records_the_loss_against_w_and_against_w_prime(tmp_path):
     batches = [paired_inputs(2, seed=3), paired_inputs(2, seed=4)]
     module = named_linear()
     W = module.weight.data.clone()
-    g = run_gptq(module, batches, alpha=0.5, log_delta_w=1, log_dir=str(tmp_path), log_run_id="run-a")
+    g = filled_gptq(module, batches, alpha=0.5, log_delta_w=1, log_dir=str(tmp_path), log_run_id="run-a")
     Q, _, _, _, _, avg_loss, damp_percent, nsamples = g.quantize()
     shifted, H, _ = reference_shift(W, batches, 0.5, 1, g.qcfg.damp_percent)
     record = json.loads((tmp_path / "delta_w.jsonl").read_text())
@@ -395,6 +385,6 @@ def test_sum_difference_is_refused_where_it_cannot_apply_and_default_is_direct()
 
 def test_inactive_modules_keep_upstreams_h_bit_for_bit_with_sum_difference():
     batch = paired_inputs(2, seed=3)
-    plain = run_gptq(named_linear(), [batch], alpha=0.0)
-    ignored = run_gptq(named_linear(), [batch], alpha=0.5, ignore_bias="fc", fair_accumulate="sum-difference")
+    plain = filled_gptq(named_linear(), [batch], alpha=0.0)
+    ignored = filled_gptq(named_linear(), [batch], alpha=0.5, ignore_bias="fc", fair_accumulate="sum-difference")
     assert torch.equal(plain.H, ignored.H) and ignored.H01 is None
