@@ -174,7 +174,7 @@ def differences(stats: dict, on_first_stage: dict | None = None) -> list[dict]:
         if reference not in stats:
             continue
         for name, values in stats.items():
-            if name == reference:
+            if name == reference or name == BASELINE:  # FP is every variant's reference, never a method
                 continue
             sides = (on_first_stage.get(name), on_first_stage.get(reference))
             entry = {"variant": name, "reference": reference,
@@ -212,7 +212,8 @@ def summary_fields(summary: dict) -> dict:
 # ----------------------------------------------------------------------------- reporting
 
 COLUMNS = (*ZEROSHOT_TASKS, "zeroshot_avg", "zeroshot_retention_pct", WINOGENDER, *(f"bbq_{s}" for s in BBQ_STATS))
-DIFF_COLUMNS = ("zeroshot_avg", WINOGENDER, "bbq_acc", "bbq_amb_bias_score_abs", "bbq_disamb_bias_score_abs")
+DIFF_COLUMNS = (*ZEROSHOT_TASKS, "zeroshot_avg", WINOGENDER, "bbq_acc", "bbq_amb_bias_score_abs",
+                "bbq_disamb_bias_score_abs")
 
 
 def _cell(entry: dict | None, scale: float = 100.0, signed: bool = False) -> str:
