@@ -121,7 +121,7 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     done = run_checkpoint_job(variant, args, out, models_dir)
     record = {"format": SUITE_FORMAT, "variant": variant.name, "code_revision": revision,
               "model_path": done["model_path"], "model_fingerprint": model_fingerprint(done["model_path"]),
-              "check": done["check"], "seconds": round(time.time() - started),
+              "check": done["check"], "machine": study_jobs.machine_record(), "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if variant.kind != "fp":
         record["checkpoint_sha256"] = study_jobs.checkpoint_sha256(Path(done["model_path"]))
@@ -159,7 +159,8 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
               "command": (study_jobs.study_command(variant, getattr(args, "grid_argv", None)) or "")
               + " --stage suite",
               "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
-              "checkpoint_check": checkpoint["check"], "seconds": round(time.time() - started),
+              "checkpoint_check": checkpoint["check"], "machine": study_jobs.machine_record(),
+              "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(out / "runs" / variant.name / "suite_job.json", portable_record(record))
     print(f"[{variant.name}] suite done in {time.time() - started:.0f} s", flush=True)

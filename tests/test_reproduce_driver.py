@@ -106,6 +106,8 @@ def test_study_quick_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path, cap
     assert {c["control"] for c in summary["comparisons"]} == {"shuffled-a1", "stereo-anti-eq-a1", "gptq"}
     assert {m["curve"] for m in summary["matched"]} == {"shuffled", "stereo-anti-eq", "degradation"}
     assert rows["gptq-3bit"]["bits"] == 3 and rows["gptq-3bit"]["ppl"] != rows["gptq"]["ppl"]
+    machine = json.loads((out / "runs" / "gptq" / "job.json").read_text())["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["torch_cpu_capability"]
     for name in ("summary.md", "summary.csv", "mechanism_per_module.csv", "bias_vs_ppl_crows.png"):
         assert (out / name).is_file()
 
