@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of directions of --fair-target direction / random-direction")
     fair.add_argument("--fair-seed", type=int, default=0,
                       help="seed of --fair-target random-direction (combined with each module's name)")
+    fair.add_argument("--fair-accumulate", default="direct", choices=["direct", "sum-difference"],
+                      help="how modules with the pairs term accumulate H and H01: direct (upstream's H, then H01 "
+                           "pair by pair) or sum-difference (both from the pair sums and differences: upstream's "
+                           "GEMM work; H equal to upstream's up to float rounding). See docs/method.md")
     fair.add_argument("--log-delta-w", action="store_true", help="log ||dW|| per module (JSON lines)")
     fair.add_argument("--log-hessian-sensitivity", action="store_true",
                       help="write per-column bias sensitivity CSVs per module")
@@ -172,6 +176,9 @@ def check_arguments(args) -> None:
     if args.fair_seed != 0 and args.fair_target != "random-direction":
         raise UsageError(f"--fair-seed {args.fair_seed} is only used by --fair-target random-direction "
                          f"(got --fair-target {args.fair_target}), so it would be ignored")
+    if args.fair_accumulate != "direct" and args.fair_target != "pairs":
+        raise UsageError(f"--fair-accumulate {args.fair_accumulate} applies to --fair-target pairs only (got "
+                         f"--fair-target {args.fair_target}): a direction term keeps no H01 to accumulate")
     if args.pairs == "sign-shuffled" and args.fair_target != "direction":
         raise UsageError(f"--pairs sign-shuffled changes only the order inside each pair, i.e. the sign of its "
                          f"difference, which only --fair-target direction uses (got --fair-target {args.fair_target})")
@@ -226,7 +233,7 @@ def make_quantize_config(args, plan: RunPlan, device: str, log_dir: Path | None 
     return QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, device=device,
                           alpha=args.alpha, ignore_bias=plan.ignore_bias, select_layer=plan.select_layer,
                           sum_hessians=args.sum_hessians, fair_target=args.fair_target, fair_rank=args.fair_rank,
-                          fair_seed=args.fair_seed, log_delta_w=int(args.log_delta_w),
+                          fair_seed=args.fair_seed, fair_accumulate=args.fair_accumulate, log_delta_w=int(args.log_delta_w),
                           log_hessian_sensitivity=int(args.log_hessian_sensitivity), log_run_id=plan.run_id, **logs)
 
 
@@ -315,7 +322,8 @@ def describe(plan: RunPlan, verbose: bool = False) -> str:
         f"alpha={args.alpha} strategy={args.strategy} layers={layer_ranges(plan.fair_layer_indices) or 'none'} "
         f"ignore_bias='{plan.ignore_bias}' sum_hessians={args.sum_hessians} fair_target={args.fair_target}"
         + (f" fair_rank={args.fair_rank}" if args.fair_target != "pairs" else "")
-        + (f" fair_seed={args.fair_seed}" if args.fair_target == "random-direction" else ""),
+        + (f" fair_seed={args.fair_seed}" if args.fair_target == "random-direction" else "")
+        + (f" fair_accumulate={args.fair_accumulate}" if args.fair_accumulate != "direct" else ""),
         f"fair term on {len(active)} of {len(plan.modules)} quantized modules"
         + (" (alpha=0: plain GPTQ)" if args.alpha == 0 else ""),
     ]

@@ -20,7 +20,7 @@
 # The upstream algorithm is unchanged. The whole Fair-GPTQ delta is the section "Fair-GPTQ" at the end of the
 # GPTQ class (methods named `_fair_*`, and one function after it) plus five call sites marked `# Fair-GPTQ`:
 #   __init__ (gating), add_batch (pair layout), process_batch (accumulate H01; with fair_accumulate=
-#   "sum-difference" H too, in place of upstream's update), quantize (shift W before the
+#   "sum-difference" H too, as unscaled sums finished before the shift), quantize (shift W before the
 #   column loop; write the logs after it), free. A module whose term is inactive (alpha=0, ignored module,
 #   unselected layer, HF-optimum path) runs exactly the upstream code and allocates nothing extra. alpha,
 #   ignore_bias, select_layer, sum_hessians, fair_target and fair_rank can be set per module through `dynamic`
@@ -560,6 +560,7 @@ class GPTQ:
         if hasattr(self, "H"):
             del self.H
         self.H01 = self._fair_loss_inputs = self._fair_sensitivity_inputs = self._fair_pair_means = None  # Fair-GPTQ
+        self._fair_sum_uu = self._fair_sum_dd = None  # Fair-GPTQ
         del self.quantizer
         del self.module_copy
         del self.module
@@ -596,6 +597,7 @@ class GPTQ:
         self._fair_mean_energy = 0.0
         self._fair_diff_energy = 0.0
         self._fair_pair_means = []
+        self._fair_sum_uu = self._fair_sum_dd = None  # fair_accumulate="sum-difference": unscaled sums
         self._fair_direction_log = None  # the weights and mean energy, for the delta_w.jsonl record
         if self._fair_records_shapes:
             _fair_refuse_concatenated_calibration(self.qcfg)
@@ -643,9 +645,12 @@ class GPTQ:
         """fair_accumulate="sum-difference" (pairs target only): H and H01 from U = X_s + X_a and D = X_s - X_a.
 
         For a pair, X_s X_s^T + X_a X_a^T = (U U^T + D D^T) / 2, so upstream's H = (2/n) sum x x^T is
-        (1/n)(U U^T + D D^T), and D D^T is H01's too: both for the GEMM work of upstream's H alone. H keeps upstream's
-        running average and sample count (a flattened 2-D batch is one sample), so it equals upstream's H up to float
-        rounding; H01 is updated exactly as _fair_accumulate does. Returns False (nothing done) in the default mode."""
+        (1/n)(sum U U^T + sum D D^T), and sum D D^T is H01's too: both for the GEMM work of upstream's H alone.
+        The two sums are kept unscaled, each batch added in place by one GEMM, and scaled once by
+        _fair_finish_sum_difference (upstream rescales its running average every batch: a pass over a
+        columns x columns matrix that this mode saves). n counts samples as upstream does (a flattened 2-D batch
+        is one sample), so H equals upstream's up to float rounding and H01 equals _fair_accumulate's.
+        Returns False (nothing done) in the default mode."""
         if self.fair_accumulate != "sum-difference" or self.fair_target != "pairs":
             return False
         batch_size, seq_len = pair_shape
@@ -653,23 +658,25 @@ class GPTQ:
         sequences = inp.reshape(batch_size, seq_len, -1).float()
         u = (sequences[0::2] + sequences[1::2]).reshape(-1, self.columns)
         d = (sequences[0::2] - sequences[1::2]).reshape(-1, self.columns)
+        if self._fair_sum_uu is None:
+            self._fair_sum_uu = torch.zeros((self.columns, self.columns), device=self.device)
+            self._fair_sum_dd = torch.zeros((self.columns, self.columns), device=self.device)
+        self._fair_sum_uu.addmm_(u.t(), u)
+        self._fair_sum_dd.addmm_(d.t(), d)
         samples = batch_size if inp.dim() == 3 else 1  # as upstream's process_batch counts them for H
-        if not hasattr(self, "H"):
-            self.H = torch.zeros((self.columns, self.columns), device=self.device)
-        else:
-            self.H *= self.nsamples / (self.nsamples + samples)
         self.nsamples += samples
-        dd = d.t().matmul(d)
-        self.H.addmm_(u.t(), u, alpha=1 / self.nsamples)
-        self.H.add_(dd, alpha=1 / self.nsamples)
-        if self.H01 is None:
-            self.H01 = torch.zeros((self.columns, self.columns), device=self.device)
-        else:
-            self.H01 *= self._fair_nsamples / (self._fair_nsamples + samples)
         self._fair_nsamples += samples
         self.n_pairs += batch_size // 2
-        self.H01.add_(dd, alpha=self.fair_alpha * 2 / (self._fair_nsamples / 2))
         return True
+
+    def _fair_finish_sum_difference(self):
+        """H = (1/n)(sum U U^T + sum D D^T) and H01 = alpha (2 / (n/2)) sum D D^T, in the sums' own memory."""
+        if self._fair_sum_uu is None:
+            return
+        uu, dd = self._fair_sum_uu, self._fair_sum_dd
+        self._fair_sum_uu = self._fair_sum_dd = None
+        self.H = uu.add_(dd).mul_(1 / self.nsamples)
+        self.H01 = dd.mul_(self.fair_alpha * 2 / (self._fair_nsamples / 2))
 
     def _fair_accumulate(self, inp: torch.Tensor, pair_shape: Tuple[int, int]):
         """H01 <- running average of alpha (2/n_pairs) sum D D^T, updated exactly like H.
@@ -807,6 +814,7 @@ class GPTQ:
         """
         if self.fair_target != "pairs":
             self.H01 = self._fair_direction_h01() if self.n_pairs else None
+        self._fair_finish_sum_difference()
         if self.H01 is None:
             return W
         H, H01 = self.H, self.H01
@@ -814,7 +822,7 @@ class GPTQ:
         if self.qcfg.log_delta_w:
             self._fair_loss_inputs = (W.clone(), H.clone())
         W_times_H01 = W.matmul(H01)
-        h01_diag = torch.diag(H01).clone()
+        h01_diag = torch.diag(H01).clone() if self.qcfg.log_hessian_sensitivity else None
         # M reuses H01's memory: the only extra columns x columns matrix a module holds. Its Cholesky factor exists
         # for the moment of the solve below (an in-place factorisation would leave nothing to retry with when
         # the dampening has to be raised).

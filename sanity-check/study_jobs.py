@@ -380,20 +380,6 @@ def checkpoint_sha256(model_path: Path) -> str:
     return digest.hexdigest()
 
 
-def machine_record() -> dict:
-    """The host a checkpoint was made on: quantization is deterministic on one machine but not across CPUs whose
-    kernels round differently (docs/study.md, re-quantization)."""
-    import platform
-
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
-        else platform.processor()
-    return {"cpu": model, "cpu_count": os.cpu_count(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch_threads": torch.get_num_threads()}
-
-
 def recorded_job(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "job.json").read_text())
@@ -418,6 +404,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
     """Run one variant's job unless its committed results are complete; True when it ran."""
     from evaluation.models import model_fingerprint
     from evaluation.store import write_json_atomic
+    from fair_gptq import machine
     from fair_gptq.models import resolve_model
     from fair_gptq.paths import portable_record
 
@@ -460,7 +447,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         write_json_atomic(run_dir / "quantization.json", portable_record(record))
     write_json_atomic(run_dir / "job.json", portable_record(
         {"format": JOB_FORMAT, "key": key, "variant": variant_record(variant), "settings": study_settings(args),
-         "command": study_command(variant, getattr(args, "grid_argv", None)), "machine": machine_record(),
+         "command": study_command(variant, getattr(args, "grid_argv", None)), "machine": machine.machine_record(),
          "code_revision": revision, **checkpoint, "seconds": round(time.time() - started),
          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     print(f"[{variant.name}] job done in {time.time() - started:.0f} s", flush=True)

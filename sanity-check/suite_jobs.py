@@ -90,12 +90,11 @@ def ensure_checkpoint(variant, args, models_dir: Path) -> str:
     return str(study_jobs.run_main_job(variant.name, models_dir / variant.name, variant.quantize_arguments(), args))
 
 
-def run_checkpoint_job(variant, args, out: Path, models_dir: Path) -> dict:
-    """Make sure the variant's checkpoint is in the cache and is the committed results' model; returns the check."""
+def run_checkpoint_job(variant, model_path: str, args, out: Path) -> dict:
+    """Check that the cached checkpoint is the committed results' model; returns the check."""
     run_dir = out / "runs" / variant.name
     if not (run_dir / "job.json").is_file():
         raise SystemExit(f"[{variant.name}] no first-stage job in {run_dir}: run the study job first")
-    model_path = ensure_checkpoint(variant, args, models_dir)
     check = verify_checkpoint(variant, model_path, args, run_dir)
     verdict = "the committed results' model" if check["match"] else "NOT the committed results' model"
     print(f"[{variant.name}] checkpoint check ({check['method']}): {check['recorded']} vs {check['now']}: {verdict}",
@@ -107,6 +106,7 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     """Run (or reuse) the checkpoint check; stored as `runs/<variant>/checkpoint.json`."""
     from evaluation.models import model_fingerprint
     from evaluation.store import write_json_atomic
+    from fair_gptq import machine
     from fair_gptq.paths import portable_record
 
     stored_path = out / "runs" / variant.name / "checkpoint.json"
@@ -114,19 +114,21 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
         stored = json.loads(stored_path.read_text())
     except (OSError, ValueError):
         stored = {}
-    if stored.get("model_path") and Path(stored["model_path"]).is_dir() and \
-            stored.get("model_fingerprint") == model_fingerprint(stored["model_path"]):
-        return stored
     started, revision = time.time(), study_jobs.code_revision()
-    done = run_checkpoint_job(variant, args, out, models_dir)
+    # the cached folder (quantized only when missing); the stored check holds while its files are unchanged
+    model_path = ensure_checkpoint(variant, args, models_dir)
+    fingerprint = model_fingerprint(model_path)
+    if stored.get("model_fingerprint") == fingerprint:
+        return {**stored, "model_path": model_path}
+    done = run_checkpoint_job(variant, model_path, args, out)
     record = {"format": SUITE_FORMAT, "variant": variant.name, "code_revision": revision,
-              "model_path": done["model_path"], "model_fingerprint": model_fingerprint(done["model_path"]),
-              "check": done["check"], "machine": study_jobs.machine_record(), "seconds": round(time.time() - started),
+              "model_path": done["model_path"], "model_fingerprint": fingerprint,
+              "check": done["check"], "machine": machine.machine_record(), "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if variant.kind != "fp":
         record["checkpoint_sha256"] = study_jobs.checkpoint_sha256(Path(done["model_path"]))
     write_json_atomic(stored_path, portable_record(record))
-    return record
+    return record  # model_path absolute here; portable on disk
 
 
 def subset_spec() -> str:
@@ -139,6 +141,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
     and `runs/<variant>/suite_job.json` (which checkpoint, whether it is the first stage's model, time, command)."""
     from evaluation import run_eval
     from evaluation.store import write_json_atomic
+    from fair_gptq import machine
     from fair_gptq.paths import portable_record
 
     started, revision = time.time(), study_jobs.code_revision()
@@ -147,7 +150,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
         print(f"[{variant.name}] WARNING: the suite runs on a re-quantization that is not the first stage's model "
               f"({checkpoint['check']['method']}: {checkpoint['check']['recorded']} vs {checkpoint['check']['now']}); "
               f"the report marks this variant", flush=True)
-    model_path = ensure_checkpoint(variant, args, models_dir)
+    model_path = checkpoint["model_path"]
     argv = ["--out", str(out), "--model", f"{variant.name}={model_path}", "--tasks", "lm_eval", "--lm-eval-tasks",
             ",".join(SUITE_TASKS), "--lm-eval-subset", subset_spec(), "--device", args.device, "--seed",
             str(args.seed), "--batch-size", str(SUITE_BATCH_SIZE)]
@@ -159,7 +162,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
               "command": (study_jobs.study_command(variant, getattr(args, "grid_argv", None)) or "")
               + " --stage suite",
               "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
-              "checkpoint_check": checkpoint["check"], "machine": study_jobs.machine_record(),
+              "checkpoint_check": checkpoint["check"], "machine": machine.machine_record(),
               "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(out / "runs" / variant.name / "suite_job.json", portable_record(record))

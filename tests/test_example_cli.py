@@ -18,6 +18,17 @@ def base_args(tiny_opt_dir, stereoset_dev_path):
     return ["--model", tiny_opt_dir, "--stereoset", stereoset_dev_path, "--group-size", 32, "--device", "cpu"]
 
 
+def test_fair_accumulate_flag_reaches_the_config_and_the_record(capsys, base_args):
+    code, stdout, _ = run_cli(capsys, *base_args, "--fair-accumulate", "sum-difference", "--max-pairs", 4,
+                              "--dry-run")
+    assert code == 0 and "fair_accumulate=sum-difference" in stdout
+    for flag, expected in ((["--fair-accumulate", "sum-difference"], "sum-difference"), ([], "direct")):
+        args = cli.build_parser().parse_args([str(a) for a in [*base_args, *flag, "--max-pairs", 4, "--dry-run"]])
+        plan = cli.plan_run(args)
+        assert cli.make_quantize_config(args, plan, "cpu").fair_accumulate == expected
+        assert cli.run_record(plan, "cpu", {}, {})["arguments"]["fair_accumulate"] == expected
+
+
 @pytest.mark.slow
 def test_end_to_end_tiny_opt(capsys, tmp_path, base_args, monkeypatch):
     out = tmp_path / "tiny-fair"
@@ -90,6 +101,8 @@ def test_layer_ranges(indices, text):
     (["--fair-target", "direction", "--fair-rank", "0"], "--fair-rank must be >= 1"),
     (["--fair-target", "direction", "--fair-seed", "3"], "--fair-seed 3 is only used by --fair-target random-direction"),
     (["--fair-target", "random-direction", "--fair-seed", "-1"], "--fair-seed must be >= 0"),
+    (["--fair-target", "direction", "--fair-accumulate", "sum-difference"],
+     "--fair-accumulate sum-difference applies to --fair-target pairs only"),
     (["--pairs", "sign-shuffled"], "--pairs sign-shuffled changes only the order inside each pair"),
     (["--pairs", "sign-shuffled", "--fair-target", "random-direction"], "only --fair-target direction uses"),
 ])

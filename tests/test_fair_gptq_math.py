@@ -357,6 +357,8 @@ def test_sum_difference_accumulation_gives_upstreams_h_and_the_same_h01(layout):
             g.add_batch(batch.reshape(-1, COLS) if layout == "flat" else batch, None)
         gs[mode] = g
     direct, summed = gs["direct"], gs["sum-difference"]
+    assert not hasattr(summed, "H") and summed.H01 is None  # unscaled sums until the shift finishes them
+    summed._fair_finish_sum_difference()
     assert summed.nsamples == direct.nsamples and summed.n_pairs == direct.n_pairs == 6
     X = torch.cat([b.reshape(-1, COLS) for b in batches]).double()
     D = torch.cat([(b[0::2] - b[1::2]).reshape(-1, COLS) for b in batches]).double()

@@ -198,6 +198,39 @@ def test_paired_ratio_difference():
     assert d["diff"] == pytest.approx(0.5 - 1.0) and d["ci"] == pytest.approx([-0.5, -0.5])
 
 
+def test_pair_mean_difference_averages_over_the_positions_that_differ():
+    d = torch.tensor([[0.0, 0.0], [2.0, -4.0], [0.0, 0.0], [4.0, 1.0]])  # two positions differ
+    assert mechanism.pair_mean_difference(d).tolist() == [3.0, -1.5]
+    assert mechanism.pair_mean_difference(torch.zeros(3, 2)).tolist() == [0.0, 0.0]  # nothing differs: mean 0
+
+
+def test_mean_direction_ratio_against_a_direct_computation():
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(7, 3, generator=gen, dtype=torch.float64)  # 7 pairs' m_p, 3 input columns
+    w, q = torch.randn(2, 3, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    g_w, g_q = mechanism.mean_direction_grams(means, w, q)
+    result = mechanism.mean_direction_ratio(g_w, g_q, n_resamples=50, seed=3)
+    mu = means.mean(dim=0)
+    assert result["ratio"] == pytest.approx(float(torch.linalg.norm(q @ mu) / torch.linalg.norm(w @ mu)))
+    # resample 0 by hand: the mean of the resampled pairs' m_p
+    idx = np.random.default_rng(3).integers(0, 7, size=(50, 7))[0]
+    mu0 = means[torch.as_tensor(idx)].mean(dim=0)
+    assert result["resampled"][0] == pytest.approx(float(torch.linalg.norm(q @ mu0) / torch.linalg.norm(w @ mu0)))
+    assert result["ci"][0] <= result["ci"][1] and result["n"] == 7 and len(result["resampled"]) == 50
+    halved = mechanism.mean_direction_ratio(*mechanism.mean_direction_grams(means, w, 0.5 * w), n_resamples=20)
+    assert halved["ratio"] == pytest.approx(0.5) and halved["ci"] == pytest.approx([0.5, 0.5])
+
+
+def test_paired_mean_direction_difference_uses_the_shared_resamples():
+    a = {"ratio": 0.9, "resampled": [0.8, 0.9, 1.0], "n": 5, "bootstrap": {"resamples": 3, "seed": 0}}
+    b = {"ratio": 0.7, "resampled": [0.7, 0.7, 0.7], "n": 5, "bootstrap": {"resamples": 3, "seed": 0}}
+    d = mechanism.paired_mean_direction_difference(a, b)
+    assert d["diff"] == pytest.approx(-0.2) and d["n"] == 5
+    assert d["ci"][0] == pytest.approx(-0.3 + 0.025 * 0.2, abs=1e-9) and d["ci"][1] == pytest.approx(-0.1 - 0.025 * 0.2)
+    with pytest.raises(ValueError, match="same pairs"):
+        mechanism.paired_mean_direction_difference(a, {**b, "n": 6})
+
+
 @pytest.mark.slow
 def test_measure_on_stories260k(stories260k_dir):
     """Same weights -> ratio 1; one module's weights halved -> that module's ratio 0.5, the others 1."""
@@ -218,6 +251,10 @@ def test_measure_on_stories260k(stories260k_dir):
     w0, w1 = (result["modules"][n]["w_all"] for n in names)
     expected_overall = math.sqrt((w0 + 0.25 * w1) / (w0 + w1))
     assert result["overall"]["ratio_all"] == pytest.approx(expected_overall)
+    # along the held-out mean direction: the halved module halves ‖W μ‖, the unchanged one keeps it
+    assert result["modules"][names[0]]["mean_direction_ratio"] == pytest.approx(1.0)
+    assert result["modules"][names[1]]["mean_direction_ratio"] == pytest.approx(0.5)
+    assert 0.5 < result["mean_direction"]["ratio"] < 1.0 and result["mean_direction"]["n"] == 2
 
 
 def test_distance_from_50_judges_scores_on_both_sides_of_50():

@@ -11,6 +11,12 @@ the sums Σ_pairs ‖W D‖²_F and Σ_pairs ‖Q D‖²_F are accumulated; the 
 and over all modules. Per-pair totals over all modules are kept so that two variants can be compared with a
 paired bootstrap over the pairs (`paired_ratio_difference`).
 
+Along the held-out mean direction (the direction term's target, issue 23): per pair, m_p is the mean of d over
+the positions where the two sentences' inputs differ (as gptq.py's direction term defines it), μ = mean_p m_p,
+and the ratio is sqrt(Σ_modules ‖Q μ‖² / Σ_modules ‖W μ‖²) (`mean_direction`). Its bootstrap resamples the pairs
+with a fixed seed, so two variants measured on the same pairs share the resamples and their stored resampled
+ratios give a paired interval (`paired_mean_direction_difference`).
+
 Q is read off the quantized module itself: for a linear map y = Q x + b, feeding the identity matrix gives
 Qᵀ + b and feeding zeros gives b, whatever kernel stores the int4 weights.
 """
@@ -51,6 +57,43 @@ def paired_ratio_difference(w_per_pair, q_a_per_pair, q_b_per_pair, n_resamples:
 
     low, high = metrics.paired_bootstrap_diff(resampled, w.size, n_resamples, seed)
     return {"diff": ratio(qb.sum(), w.sum()) - ratio(qa.sum(), w.sum()), "ci": [low, high], "n": int(w.size)}
+
+
+def pair_mean_difference(d: torch.Tensor) -> torch.Tensor:
+    """m_p: the sum of a pair's position-aligned differences over the positions where they differ, divided by
+    their count (at least 1): gptq.py's _fair_add_direction_pair, in float64."""
+    differing = max(int((d != 0).any(dim=1).sum()), 1)
+    return d.sum(dim=0, dtype=torch.float64) / differing
+
+
+def mean_direction_grams(pair_means: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(G_W, G_Q) with G[p, r] = (W m_p)·(W m_r): any resample's Σ‖W μ*‖² is c G c / P² for its pair counts c."""
+    a, b = pair_means.double() @ w.double().T, pair_means.double() @ q.double().T
+    return (a @ a.T).numpy(), (b @ b.T).numpy()
+
+
+def mean_direction_ratio(gram_w: np.ndarray, gram_q: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """sqrt(‖Q μ‖² / ‖W μ‖²) summed over modules (the grams summed), with the ratios of `n_resamples` bootstrap
+    resamples of the pairs (evaluation.metrics.bootstrap_indices: the same for every variant on the same pairs)."""
+    n = gram_w.shape[0]
+    counts = np.stack([np.bincount(idx, minlength=n) for idx in metrics.bootstrap_indices(n, n_resamples, seed)])
+    w_energy = ((counts @ gram_w) * counts).sum(axis=1)
+    q_energy = ((counts @ gram_q) * counts).sum(axis=1)
+    resampled = np.sqrt(q_energy / w_energy)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {"ratio": ratio(gram_q.sum(), gram_w.sum()), "ci": [float(low), float(high)], "n": int(n),
+            "bootstrap": {"resamples": n_resamples, "seed": seed}, "resampled": resampled.tolist()}
+
+
+def paired_mean_direction_difference(a: dict, b: dict) -> dict:
+    """ratio(B) − ratio(A) along the held-out mean direction with a paired 95 % interval, from the two variants'
+    stored `mean_direction` records (same pairs, same bootstrap seed: the same resamples)."""
+    if (a["n"], a["bootstrap"]) != (b["n"], b["bootstrap"]):
+        raise ValueError("paired_mean_direction_difference needs both variants measured on the same pairs with the "
+                         f"same bootstrap (got n {a['n']} / {b['n']}, {a['bootstrap']} / {b['bootstrap']})")
+    diffs = np.asarray(b["resampled"]) - np.asarray(a["resampled"])
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": b["ratio"] - a["ratio"], "ci": [float(low), float(high)], "n": a["n"]}
 
 
 # ----------------------------------------------------------------------------- model access
@@ -117,6 +160,7 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
     device = next(fp_model.parameters()).device
     totals = {name: {"w_all": 0.0, "q_all": 0.0, "w_equal": 0.0, "q_equal": 0.0} for name in module_names}
     per_pair_w, per_pair_q, equal_length, n_positions = [], [], [], 0
+    pair_means: dict[str, list[torch.Tensor]] = {name: [] for name in module_names}
     try:
         iterator = pairs
         if progress:
@@ -142,6 +186,7 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
                     totals[name]["w_equal"] += w_sq
                     totals[name]["q_equal"] += q_sq
                 pair_w, pair_q = pair_w + w_sq, pair_q + q_sq
+                pair_means[name].append(pair_mean_difference(d).float())
             per_pair_w.append(pair_w)
             per_pair_q.append(pair_q)
             equal_length.append(same)
@@ -152,6 +197,11 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
 
     modules = {name: {**t, "ratio_all": ratio(t["q_all"], t["w_all"]), "ratio_equal": ratio(t["q_equal"], t["w_equal"])}
                for name, t in totals.items()}
+    gram_w = gram_q = 0.0
+    for name in module_names:
+        g_w, g_q = mean_direction_grams(torch.stack(pair_means.pop(name)), w_matrices[name], q_matrices[name])
+        modules[name]["mean_direction_ratio"] = ratio(g_q.sum(), g_w.sum())
+        gram_w, gram_q = gram_w + g_w, gram_q + g_q
     w_all, q_all = np.asarray(per_pair_w), np.asarray(per_pair_q)
     mask = np.asarray(equal_length, dtype=bool)
     return {
@@ -162,5 +212,6 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
         "modules": modules,
         "overall": {"ratio_all": ratio(q_all.sum(), w_all.sum()),
                     "ratio_equal": ratio(q_all[mask].sum(), w_all[mask].sum())},
+        "mean_direction": mean_direction_ratio(gram_w, gram_q),
         "per_pair": {"w": w_all.tolist(), "q": q_all.tolist(), "equal_length": mask.tolist()},
     }
