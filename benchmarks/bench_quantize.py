@@ -214,12 +214,13 @@ def main(argv=None) -> int:
         import torch
         import transformers
 
+        from fair_gptq.machine import machine_record
         from fair_gptq.paths import portable_record
 
         record = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "order": order,
                   "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                "gptqmodel": gptqmodel.__version__, "python": platform.python_version()},
-                  "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+                  "machine": {**machine_record(), "torch_threads": first["threads"]},
                   "configs": {c: CONFIGS[c] for c in configs}, "blocks": blocks, "summary": summary}
         Path(args.json).write_text(json.dumps(portable_record(record), indent=2))
     return 0

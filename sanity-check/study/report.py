@@ -106,6 +106,9 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
         "ppl_windows": wiki["metrics"].get("n_windows"),
         "mechanism_ratio": mech.get("overall", {}).get("ratio_all"),
         "mechanism_ratio_equal_length": mech.get("overall", {}).get("ratio_equal"),
+        # ‖Q μ‖ / ‖W μ‖ along the held-out mean difference (jobs from before it was measured lack it: None)
+        "mechanism_mean_direction": (mech.get("mean_direction") or {}).get("ratio"),
+        "mechanism_mean_direction_ci": (mech.get("mean_direction") or {}).get("ci"),
     }
     if variant.kind == "eraser":  # which eraser on which model, fitted on which sentences, and what it removed
         fitted = extra.get("eraser") or {}
@@ -148,6 +151,9 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
             if all(mechs) and same_pairs:
                 entry["mechanism_ratio"] = mechanism.paired_ratio_difference(
                     mechs[0]["w"], mechs[0]["q"], mechs[1]["q"], n_boot, seed)
+                means = [m.get("mean_direction") for m in stored]
+                if all(means):
+                    entry["mechanism_mean_direction"] = mechanism.paired_mean_direction_difference(*means)
             out.append(entry)
     return out
 
@@ -247,6 +253,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
     if summary.get("stale"):
         lines += ["", f"Left out, stored with other settings (stale): {', '.join(summary['stale'])}."]
+    any_mean = any(c.get("mechanism_mean_direction") for c in summary["comparisons"])
     lines += ["", "## Same alpha: each method minus each of its controls (paired bootstrap, same items)", "",
               "Negative CrowS / SS differences mean the method leaves *less* stereotype preference than the control; "
               "`*` marks a 95 % interval that excludes 0. Intervals resample items (CrowS pairs, StereoSet items, "
@@ -256,14 +263,15 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "method is closer to 50 than the control. They decide \"better/worse\"; the signed differences do "
               "not once a score falls below 50.", "",
               "| method | α | control | Δ CrowS | Δ SS | Δ LMS | Δ \\|CrowS − 50\\| | Δ \\|SS − 50\\| | PPL ratio | "
-              "Δ ‖QD‖/‖WD‖ |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "Δ ‖QD‖/‖WD‖ |" + (" Δ mean direction |" if any_mean else ""),
+              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if any_mean else "")]
     for c in summary["comparisons"]:
         cells = _cells(c)
-        mech = c.get("mechanism_ratio")
         who, alpha = _who(c)
-        lines.append(f"| {who} | {alpha} | {c['control']} | {' | '.join(cells)} | "
-                     f"{c['ppl_ratio']:.3f} | "
-                     f"{_ci(mech, 4) + (' *' if _excludes_zero(mech) else '') if mech else '–'} |")
+        mechs = [c.get("mechanism_ratio")] + ([c.get("mechanism_mean_direction")] if any_mean else [])
+        lines.append(f"| {who} | {alpha} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
+                     + " | ".join(_ci(m, 4) + (" *" if _excludes_zero(m) else "") if m else "–" for m in mechs)
+                     + " |")
     lines += ["", "## Matched perplexity: each method minus each curve at the method's perplexity", "",
               "Each curve is interpolated linearly in log-perplexity between its points sorted by perplexity (plain "
               "GPTQ at α = 0 and the mode's α values; the degradation curve: FP, plain GPTQ 4-bit g128, 4-bit "
@@ -294,11 +302,17 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "D = X_s − X_a: full-precision module inputs on stereotype/anti-stereotype pairs of the `eval` half "
               "(never calibrated on); W: full-precision weights; Q: the variant's dequantized weights; over the modules "
               "that get the term. Overall = sqrt(Σ‖QD‖² / Σ‖WD‖²) over modules and pairs: energy-weighted, so modules "
-              "with large ‖WD‖ weigh more. Per module: `mechanism_per_module.csv`.", "",
-              "| variant | all pairs | equal-length pairs |", "|---|---|---|"]
+              "with large ‖WD‖ weigh more. Per module: `mechanism_per_module.csv`. Mean direction: "
+              "sqrt(Σ‖Qμ‖² / Σ‖Wμ‖²) over modules, μ the held-out pairs' mean signed difference (the direction "
+              "term's target), with a bootstrap interval over the pairs; — where the job predates it.", "",
+              "| variant | all pairs | equal-length pairs | mean direction |", "|---|---|---|---|"]
     for r in summary["variants"]:
         if r["mechanism_ratio"] is not None:
-            lines.append(f"| {r['name']} | {r['mechanism_ratio']:.4f} | {_f(r['mechanism_ratio_equal_length'], 4)} |")
+            mean = r.get("mechanism_mean_direction")
+            low_high = r["mechanism_mean_direction_ci"]
+            mean_cell = "—" if mean is None else f"{mean:.4f} [{low_high[0]:.4f}, {low_high[1]:.4f}]"
+            lines.append(f"| {r['name']} | {r['mechanism_ratio']:.4f} | {_f(r['mechanism_ratio_equal_length'], 4)} "
+                         f"| {mean_cell} |")
     for plot in summary["plots"]:
         lines += ["", f"![{plot}]({plot})"]
     return "\n".join(lines) + "\n"
