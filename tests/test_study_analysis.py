@@ -198,6 +198,13 @@ def test_paired_ratio_difference():
     assert d["diff"] == pytest.approx(0.5 - 1.0) and d["ci"] == pytest.approx([-0.5, -0.5])
 
 
+def test_squared_norms_of_a_chunk_equal_the_one_by_one_norms():
+    gen = torch.Generator().manual_seed(1)
+    m = torch.randn(4, 3, generator=gen)
+    diffs = [torch.randn(n, 3, generator=gen) for n in (2, 5, 1)]
+    assert mechanism.squared_norms(m, diffs) == pytest.approx([mechanism.squared_norm(m, d) for d in diffs], rel=1e-12)
+
+
 def test_pair_mean_difference_averages_over_the_positions_that_differ():
     d = torch.tensor([[0.0, 0.0], [2.0, -4.0], [0.0, 0.0], [4.0, 1.0]])  # two positions differ
     assert mechanism.pair_mean_difference(d).tolist() == [3.0, -1.5]
