@@ -55,20 +55,18 @@ def capture_inputs(model_path: str, pairs: list[str], layer: int) -> dict[str, l
     return {"inputs": captured, "weights": weights}
 
 
-def time_one(config: str, name: str, layer: int, weight, batches: list, group_size: int) -> dict:
+def time_one(config: str, name: str, layer: int, weight, batches: list, group_size: int, stock_class) -> dict:
     """Seconds of add_batch over every batch, of quantize(), and of the shift inside it (0 for stock)."""
     import torch
     from gptqmodel.looper.named_module import NamedModule
     from gptqmodel.quantization import GPTQ, QuantizeConfig
-
-    from fair_gptq.upstream import load_upstream_module
 
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight.data.copy_(weight)
     module = NamedModule(linear, name=name, full_name=f"model.layers.{layer}.{name}", layer_index=layer)
     settings = CONFIGS[config]
     qcfg = QuantizeConfig(bits=4, group_size=group_size, desc_act=False, **(settings or {}))
-    task = (load_upstream_module("gptq").GPTQ if settings is None else GPTQ)(module, qcfg)
+    task = (stock_class if settings is None else GPTQ)(module, qcfg)
     task.quantizer.configure(perchannel=True)
     shift_seconds = [0.0]
     if settings is not None:
@@ -109,21 +107,24 @@ def main(argv=None) -> int:
 
     from fair_gptq.models import resolve_model
     from fair_gptq.pairs import calibration_pairs
+    from fair_gptq.upstream import load_upstream_module
 
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = [c.strip() for c in args.configs.split(",")]
     if "stock" not in configs or any(c not in CONFIGS for c in configs):
         p.error(f"--configs must list stock and any of {', '.join(CONFIGS)}")
+    stock_class = load_upstream_module("gptq").GPTQ  # GPTQModel 2.2.0's own GPTQ, loaded once
     pairs = calibration_pairs(None, max_pairs=args.pairs, seed=0)
     data = capture_inputs(resolve_model(args.model), pairs.sentences, args.layer)
     rows: dict[str, list[list[dict]]] = {name: [] for name in MODULES}
     with torch.inference_mode():
         for name in MODULES:
-            time_one("stock", name, args.layer, data["weights"][name], data["inputs"][name], args.group_size)  # warm-up
+            time_one("stock", name, args.layer, data["weights"][name], data["inputs"][name], args.group_size,
+                     stock_class)  # warm-up
             for repeat in range(args.repeats):
                 rows[name].append([time_one(c, name, args.layer, data["weights"][name], data["inputs"][name],
-                                            args.group_size) for c in abba_order(configs)])
+                                            args.group_size, stock_class) for c in abba_order(configs)])
             print(f"  {name}: {args.repeats} blocks done", flush=True)
 
     summary = {}

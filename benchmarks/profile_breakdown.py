@@ -21,23 +21,20 @@ STEPS = ("process_batch", "_fair_accumulate", "_fair_sum_difference", "_fair_shi
          "_fair_after_quantize", "add_batch")
 
 
-def function_times(path: str) -> dict[tuple[str, str], tuple[float, float, int]]:
-    """(file name, function name) -> (own seconds, cumulative seconds, calls), summed over line numbers."""
-    stats = pstats.Stats(path).stats  # {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}
+def function_times(path: str) -> tuple[dict[tuple[str, str], tuple[float, float, int]], float]:
+    """(file name, function name) -> (own seconds, cumulative seconds, calls), summed over line numbers; and the
+    profile's total time."""
+    profile = pstats.Stats(path)  # .stats: {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}
     times: dict[tuple[str, str], tuple[float, float, int]] = {}
-    for (file, _line, name), (_primitive, calls, own, cumulative, _callers) in stats.items():
+    for (file, _line, name), (_primitive, calls, own, cumulative, _callers) in profile.stats.items():
         key = (Path(file).name, name)
         before = times.get(key, (0.0, 0.0, 0))
         times[key] = (before[0] + own, before[1] + cumulative, before[2] + calls)
-    return times
-
-
-def total_time(path: str) -> float:
-    return pstats.Stats(path).total_tt
+    return times, profile.total_tt
 
 
 def breakdown(stock_path: str, fair_path: str, top: int) -> dict:
-    stock, fair = function_times(stock_path), function_times(fair_path)
+    (stock, stock_total), (fair, fair_total) = function_times(stock_path), function_times(fair_path)
     keys = set(stock) | set(fair)
     rows = []
     for key in keys:
@@ -51,7 +48,7 @@ def breakdown(stock_path: str, fair_path: str, top: int) -> dict:
         cumulative = {label: sum(v[1] for k, v in times.items() if k[1] == name and k[0].startswith("gptq.py"))
                       for label, times in (("stock", stock), ("fair", fair))}
         steps[name] = cumulative
-    return {"total_stock_s": total_time(stock_path), "total_fair_s": total_time(fair_path),
+    return {"total_stock_s": stock_total, "total_fair_s": fair_total,
             "steps_cumulative_s": steps, "top_own_time_differences": rows[:top]}
 
 

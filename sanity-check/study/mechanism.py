@@ -148,7 +148,7 @@ def measure(fp_model, tokenizer, quantized_model, module_names: list[str], pairs
     """
     fp_modules = {name: _submodule(fp_model, name) for name in module_names}
     activation_dtype = quantized_model.get_input_embeddings().weight.dtype  # what evaluation runs in
-    # float64 once, not per pair: squared_norm's .to(float64) is then a no-op (same products, ~10x less work)
+    # float64 once, not per chunk: squared_norms' .to(float64) is then a no-op (same products, ~10x less work)
     q_matrices = {}
     for name, module in fp_modules.items():
         columns = module.weight.shape[1]
