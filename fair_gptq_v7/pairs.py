@@ -35,19 +35,20 @@ def batch_rows(inp: torch.Tensor, keep_mask: Optional[torch.Tensor]) -> Tuple[to
                      f"{tuple(inp.shape)}")
 
 
-def pair_differences_gram(inp: torch.Tensor, keep_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, int]:
-    """(sum over pairs and common positions of d d^T as float32 [hidden, hidden], number of pairs)."""
+def pair_differences(inp: torch.Tensor, keep_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, int]:
+    """(the differences d = x_stereo - x_anti of every pair over its common positions, stacked as float32
+    [positions, hidden]; number of pairs). The caller adds D^T D to its pair sum in one GEMM: a Gram per pair,
+    or per batch, added to the sum afterwards would cost one more pass over a hidden x hidden matrix per batch,
+    which for a small batch costs more than the GEMM itself (docs/benchmarks.md)."""
     sequences, keep = batch_rows(inp, keep_mask)
     batch = sequences.shape[0]
     if batch % 2 != 0:
         raise ValueError(f"a batch of {batch} sequences (input shape {tuple(inp.shape)}); rows 2i and 2i+1 are a "
                          f"(stereotype, anti-stereotype) pair, so the calibration batch size must be even")
-    hidden = sequences.shape[-1]
-    gram = torch.zeros((hidden, hidden), dtype=torch.float32, device=sequences.device)
+    deltas = []
     for pair in range(batch // 2):
         stereo = sequences[2 * pair][keep[2 * pair]]
         anti = sequences[2 * pair + 1][keep[2 * pair + 1]]
         common = min(stereo.shape[0], anti.shape[0])
-        delta = stereo[:common].float() - anti[:common].float()  # one pair at a time: no copy of the batch
-        gram.addmm_(delta.t(), delta)
-    return gram, batch // 2
+        deltas.append(stereo[:common].float() - anti[:common].float())
+    return torch.cat(deltas), batch // 2

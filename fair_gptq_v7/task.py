@@ -47,7 +47,7 @@ from gptqmodel.quantization.gptq import GPTQ
 from gptqmodel.utils.logger import setup_logger
 
 from . import gating
-from .pairs import pair_differences_gram
+from .pairs import pair_differences
 
 log = setup_logger()
 
@@ -88,10 +88,10 @@ class FairGPTQ(GPTQ):
     def fair_add_batch(self, inp: torch.Tensor, keep_mask: Optional[torch.Tensor], batch_index: Optional[int]):
         """Adds the pairs of one whole calibration batch (rows 2i, 2i+1), before the processor splits it."""
         try:
-            gram, pairs = pair_differences_gram(inp, keep_mask)
+            deltas, pairs = pair_differences(inp, keep_mask)
         except ValueError as error:
             raise ValueError(f"Fair-GPTQ: module `{self.full_name}`, calibration batch {batch_index}: {error}") from None
-        device = gram.device
+        device = deltas.device
         with self._fair_lock:
             if batch_index is not None:
                 if batch_index in self._fair_batches:
@@ -99,10 +99,11 @@ class FairGPTQ(GPTQ):
                                        f"twice; its pairs would be counted twice.")
                 self._fair_batches.add(batch_index)
             partial = self._fair_partials.get(device)
+            # the GEMM adds into the sum in place, under the lock: threads feeding one device share its partial
             if partial is None:
-                self._fair_partials[device] = gram
+                self._fair_partials[device] = deltas.t().matmul(deltas)
             else:
-                partial.add_(gram)
+                partial.addmm_(deltas.t(), deltas)
             self.n_pairs += pairs
 
     def fair_pair_sum(self, device: torch.device) -> Optional[torch.Tensor]:

@@ -19,7 +19,7 @@ ALLOWED = {
     "fair_gptq": {"fair_gptq"},
     "evaluation": {"evaluation", "fair_gptq"},
     "sanity-check": {"evaluation", "fair_gptq", "study", "study_jobs", "reproduce", "example_fair_gptq"},
-    "benchmarks": {"evaluation", "fair_gptq", "benchmarks"},
+    "benchmarks": {"evaluation", "fair_gptq", "fair_gptq_v7", "benchmarks"},  # fair_gptq_v7: the port they time
     "fair_gptq_v7": {"fair_gptq_v7", "fair_gptq"},
 }
 # the overlay files import only GPTQModel (relatively, as installed inside it) and the standard stack

@@ -2,9 +2,15 @@
 import pytest
 import torch
 
-from fair_gptq_v7.pairs import pair_differences_gram
+from fair_gptq_v7.pairs import pair_differences
 
 HIDDEN = 6
+
+
+def pair_differences_gram(inp, mask):
+    """What the task adds to its pair sum: D^T D of the stacked differences."""
+    deltas, pairs = pair_differences(inp, mask)
+    return deltas.t().matmul(deltas), pairs
 
 
 def padded_batch(lengths, pad_left, seed=0):
