@@ -307,9 +307,10 @@ def study_main(args, argv: list[str]) -> int:
             if args.stage in ("checkpoint", "pilot", "suite"):
                 import suite_jobs
 
-                if variant.kind == "eraser":  # its model is a base plus an eraser: the stages do not build it yet
-                    print(f"reproduce.py: error: --stage {args.stage} does not support eraser variants yet "
-                          f"({variant.name})", file=sys.stderr)
+                if variant.kind == "eraser" and args.stage != "suite":  # no checkpoint of its own: its base's
+                    print(f"reproduce.py: error: --stage {args.stage} has nothing to do for eraser variant "
+                          f"{variant.name}: its model is its base's (run the stage for "
+                          f"{study_jobs.eraser_base(variant).name}) plus an eraser", file=sys.stderr)
                     return 2
                 if args.stage == "pilot":
                     suite_jobs.pilot_stage(variant, args, models_dir)

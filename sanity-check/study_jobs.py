@@ -268,15 +268,20 @@ def evaluate(variant: Variant, model_path: str, args, out: Path, eraser: Path | 
     run_eval.evaluate_model(name, path, plan, eval_args, out)
 
 
+def eraser_base(variant: Variant) -> Variant:
+    """The variant whose model an eraser variant is fitted on and applied to: `fp` or the `gptq` reference."""
+    return Variant("fp", "fp") if variant.base == "fp" else Variant("gptq", "reference", **REFERENCES["gptq"])
+
+
 def base_model(variant: Variant, args, models_dir: Path) -> str:
     """The folder of the model an eraser variant is fitted on and applied to: FP, or the cached plain GPTQ
     checkpoint (the `gptq` reference's, quantized when missing)."""
     from fair_gptq.models import resolve_model
 
-    if variant.base == "fp":
+    base = eraser_base(variant)
+    if base.kind == "fp":
         return resolve_model(args.model)
-    gptq = Variant("gptq", "reference", **REFERENCES["gptq"])
-    return str(run_main_job("gptq", models_dir / "gptq", gptq.quantize_arguments(), args))
+    return str(run_main_job(base.name, models_dir / base.name, base.quantize_arguments(), args))
 
 
 def fit_variant_eraser(variant: Variant, model_path: str, args, models_dir: Path) -> Path:
@@ -421,8 +426,7 @@ def run_job(variant: Variant, args, out: Path, models_dir: Path) -> bool:
         if variant.base != "fp":  # is the cached base the model the base's committed results were measured on?
             import suite_jobs
 
-            base = suite_jobs.checkpoint_stage(Variant("gptq", "reference", **REFERENCES["gptq"]), args, out,
-                                               models_dir)
+            base = suite_jobs.checkpoint_stage(eraser_base(variant), args, out, models_dir)
             checkpoint = {"base_checkpoint_sha256": checkpoint_sha256(Path(model_path)), "base_check": base["check"]}
             if not base["check"]["match"]:
                 print(f"[{variant.name}] WARNING: the cached gptq base is a re-quantization that is not the model of "

@@ -131,6 +131,19 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     return record  # model_path absolute here; portable on disk
 
 
+def eraser_check(variant, eraser: Path, base_check: dict, out: Path) -> dict:
+    """An eraser variant's model check: its base's check, and the eraser file's sha256 against the one its
+    first-stage results record (an eraser refitted on the same base and pairs is the same file, or it is not)."""
+    from evaluation.data import sha256_file
+
+    committed = json.loads((out / "runs" / variant.name / "crows_pairs.json").read_text())
+    recorded = committed["settings"]["eraser"]["sha256"]
+    now = sha256_file(eraser)
+    return {"method": f"{base_check['method']}; eraser sha256",
+            "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], now],
+            "match": bool(base_check["match"]) and now == recorded}
+
+
 def subset_spec() -> str:
     """SUITE_SUBSETS as run_eval's --lm-eval-subset."""
     return ",".join(f"{task}={size or 'all'}" for task, size in SUITE_SUBSETS.items())
@@ -145,15 +158,23 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
     from fair_gptq.paths import portable_record
 
     started, revision = time.time(), study_jobs.code_revision()
-    checkpoint = checkpoint_stage(variant, args, out, models_dir)
+    eraser = None
+    if variant.kind == "eraser":  # the base's checkpoint, checked like any other, plus the variant's eraser
+        checkpoint = checkpoint_stage(study_jobs.eraser_base(variant), args, out, models_dir)
+        eraser = study_jobs.fit_variant_eraser(variant, checkpoint["model_path"], args, models_dir)
+        checkpoint = {**checkpoint, "check": eraser_check(variant, eraser, checkpoint["check"], out)}
+    else:
+        checkpoint = checkpoint_stage(variant, args, out, models_dir)
     if not checkpoint["check"]["match"]:
-        print(f"[{variant.name}] WARNING: the suite runs on a re-quantization that is not the first stage's model "
+        print(f"[{variant.name}] WARNING: the suite runs on a model that is not the first stage's "
               f"({checkpoint['check']['method']}: {checkpoint['check']['recorded']} vs {checkpoint['check']['now']}); "
               f"the report marks this variant", flush=True)
     model_path = checkpoint["model_path"]
     argv = ["--out", str(out), "--model", f"{variant.name}={model_path}", "--tasks", "lm_eval", "--lm-eval-tasks",
             ",".join(SUITE_TASKS), "--lm-eval-subset", subset_spec(), "--device", args.device, "--seed",
             str(args.seed), "--batch-size", str(SUITE_BATCH_SIZE)]
+    if eraser is not None:
+        argv += ["--eraser", f"{variant.name}={eraser}"]
     eval_args = run_eval.build_parser().parse_args(argv)
     plan = run_eval.make_plan(eval_args)
     name, path = plan.models[0]

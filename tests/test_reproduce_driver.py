@@ -231,3 +231,33 @@ def test_eraser_variants_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path,
     # the variants the study had before erasers keep their job keys
     gptq = study_jobs.Variant("gptq", "reference")
     assert "eraser" not in study_jobs.variant_record(gptq) and "base" not in study_jobs.variant_record(gptq)
+
+
+def test_an_eraser_variant_has_no_checkpoint_or_pilot_stage_of_its_own(capsys):
+    argv = ["--out", "x", "--erasers", "inlp", "--eraser-bases", "gptq", "--only", "inlp-gptq"]
+    assert reproduce.main(argv + ["--stage", "checkpoint"]) == 2
+    assert "run the stage for gptq" in capsys.readouterr().err
+    assert reproduce.main(argv + ["--stage", "pilot"]) == 2
+
+
+def test_eraser_check_needs_the_base_and_the_very_eraser_file_of_the_first_stage(tmp_path):
+    import hashlib
+
+    import study_jobs
+    import suite_jobs
+
+    variant = study_jobs.Variant("leace-fp", "eraser", mode="leace", eraser="leace")
+    assert study_jobs.eraser_base(variant).name == "fp"
+    assert study_jobs.eraser_base(study_jobs.Variant("leace-gptq", "eraser", eraser="leace", base="gptq")).name == "gptq"
+    eraser = tmp_path / "leace-fp.pt"
+    eraser.write_bytes(b"the eraser the first stage used")
+    run = tmp_path / "out" / "runs" / "leace-fp"
+    run.mkdir(parents=True)
+    recorded = hashlib.sha256(b"the eraser the first stage used").hexdigest()
+    (run / "crows_pairs.json").write_text(json.dumps({"settings": {"eraser": {"sha256": recorded}}}))
+    base_ok = {"method": "WikiText-2 window 0 NLL", "recorded": 3.0, "now": 3.0, "match": True}
+    check = suite_jobs.eraser_check(variant, eraser, base_ok, tmp_path / "out")
+    assert check["match"] and check["now"] == [3.0, recorded]
+    assert not suite_jobs.eraser_check(variant, eraser, {**base_ok, "now": 3.5, "match": False}, tmp_path / "out")["match"]
+    eraser.write_bytes(b"a refit that came out different")
+    assert not suite_jobs.eraser_check(variant, eraser, base_ok, tmp_path / "out")["match"]
