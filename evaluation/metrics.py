@@ -189,7 +189,9 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return rng.integers(0, n, size=(n_resamples, n))
 
 
-def _percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates (non-finite replicates dropped; NaNs when none is left)."""
+    values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
@@ -204,7 +206,7 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile CI of ``statistic(indices) -> (n_resamples,)`` over seeded item resamples."""
     idx = bootstrap_indices(n, n_resamples, seed)
-    return _percentile_ci(np.asarray(statistic(idx), dtype=np.float64), level)
+    return percentile_ci(np.asarray(statistic(idx), dtype=np.float64), level)
 
 
 def _resampled_means(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -271,7 +273,7 @@ def paired_bootstrap_diff(
     """CI of statistic(idx, model=1) - statistic(idx, model=0) on the same resampled items."""
     idx = bootstrap_indices(n, n_resamples, seed)
     diffs = np.asarray(statistic(idx, 1), dtype=np.float64) - np.asarray(statistic(idx, 0), dtype=np.float64)
-    return _percentile_ci(diffs, level)
+    return percentile_ci(diffs, level)
 
 
 def paired_diff_pct_stereotype(

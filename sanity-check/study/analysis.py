@@ -166,12 +166,12 @@ def matched_ppl_difference(method_run: dict, method_ppl: float, curve_runs: list
                 interpolated[r] = value
     else:
         interpolated = interpolate_log_ppl(curve_ppls, curve_values, method_ppl)
-    low, high = metrics._percentile_ci(method_values - interpolated)
+    low, high = metrics.percentile_ci(method_values - interpolated)
     method_point = point_value(method_run, metric)
     result = {"diff": method_point - point_curve, "ci": [low, high], "n": n, "curve_value": point_curve,
               "method_value": method_point, "monotone": monotone, "resamples_out_of_range": out_of_range,
               "windows_resampled": method_wiki is not None and curve_wikis is not None}
     if metric in IDEAL_50:  # the curve's value is interpolated first, then its distance from 50 taken
-        low, high = metrics._percentile_ci(np.abs(method_values - 50.0) - np.abs(interpolated - 50.0))
+        low, high = metrics.percentile_ci(np.abs(method_values - 50.0) - np.abs(interpolated - 50.0))
         result["distance"] = {"diff": abs(method_point - 50.0) - abs(point_curve - 50.0), "ci": [low, high]}
     return result

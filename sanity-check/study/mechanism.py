@@ -91,7 +91,7 @@ def mean_direction_ratio(gram_w: np.ndarray, gram_q: np.ndarray, n_resamples: in
     w_energy = ((counts @ gram_w) * counts).sum(axis=1)
     q_energy = ((counts @ gram_q) * counts).sum(axis=1)
     resampled = np.sqrt(q_energy / w_energy)
-    low, high = np.percentile(resampled, [2.5, 97.5])
+    low, high = metrics.percentile_ci(resampled)
     return {"ratio": ratio(gram_q.sum(), gram_w.sum()), "ci": [float(low), float(high)], "n": int(n),
             "bootstrap": {"resamples": n_resamples, "seed": seed}, "resampled": resampled.tolist()}
 
@@ -103,7 +103,7 @@ def paired_mean_direction_difference(a: dict, b: dict) -> dict:
         raise ValueError("paired_mean_direction_difference needs both variants measured on the same pairs with the "
                          f"same bootstrap (got n {a['n']} / {b['n']}, {a['bootstrap']} / {b['bootstrap']})")
     diffs = np.asarray(b["resampled"]) - np.asarray(a["resampled"])
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    low, high = metrics.percentile_ci(diffs)
     return {"diff": b["ratio"] - a["ratio"], "ci": [float(low), float(high)], "n": a["n"]}
 
 
