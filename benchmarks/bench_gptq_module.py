@@ -184,8 +184,9 @@ def main(argv=None) -> int:
     rows: dict[str, list[list[dict]]] = {name: [] for name in modules}
     with torch.inference_mode():
         for name in modules:
-            time_one("stock", name, args.layer, data["weights"][name], data["inputs"][name], args.group_size,
-                     stock_class)  # warm-up
+            for config in configs:  # warm-up: each configuration's one-time costs (CUDA kernels, caches) paid here
+                time_one(config, name, args.layer, data["weights"][name], data["inputs"][name], args.group_size,
+                         stock_class)
             for repeat in range(args.repeats):
                 rows[name].append([time_one(c, name, args.layer, data["weights"][name], data["inputs"][name],
                                             args.group_size, stock_class) for c in abba_order(configs)])

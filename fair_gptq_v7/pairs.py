@@ -45,10 +45,18 @@ def pair_differences(inp: torch.Tensor, keep_mask: Optional[torch.Tensor]) -> Tu
     if batch % 2 != 0:
         raise ValueError(f"a batch of {batch} sequences (input shape {tuple(inp.shape)}); rows 2i and 2i+1 are a "
                          f"(stereotype, anti-stereotype) pair, so the calibration batch size must be even")
-    deltas = []
+    firsts, seconds = [], []
     for pair in range(batch // 2):
         stereo = sequences[2 * pair][keep[2 * pair]]
         anti = sequences[2 * pair + 1][keep[2 * pair + 1]]
         common = min(stereo.shape[0], anti.shape[0])
-        deltas.append(stereo[:common].float() - anti[:common].float())
-    return torch.cat(deltas), batch // 2
+        firsts.append(stereo[:common])
+        seconds.append(anti[:common])
+    # written into one preallocated float32 matrix: no per-pair temporaries and no second copy by concatenation
+    deltas = torch.empty((sum(f.shape[0] for f in firsts), sequences.shape[-1]), dtype=torch.float32,
+                         device=sequences.device)
+    offset = 0
+    for stereo, anti in zip(firsts, seconds):
+        torch.sub(stereo.float(), anti.float(), out=deltas[offset:offset + stereo.shape[0]])
+        offset += stereo.shape[0]
+    return deltas, batch // 2

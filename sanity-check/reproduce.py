@@ -308,10 +308,14 @@ def study_main(args, argv: list[str]) -> int:
                 import suite_jobs
 
                 if variant.kind == "eraser" and args.stage != "suite":  # no checkpoint of its own: its base's
-                    print(f"reproduce.py: error: --stage {args.stage} has nothing to do for eraser variant "
-                          f"{variant.name}: its model is its base's (run the stage for "
-                          f"{study_jobs.eraser_base(variant).name}) plus an eraser", file=sys.stderr)
-                    return 2
+                    message = (f"--stage {args.stage} has nothing to do for eraser variant {variant.name}: its "
+                               f"model is its base's (run the stage for {study_jobs.eraser_base(variant).name}) "
+                               f"plus an eraser")
+                    if args.only == variant.name:
+                        print(f"reproduce.py: error: {message}", file=sys.stderr)
+                        return 2
+                    print(f"[{variant.name}] skipped: {message}", flush=True)
+                    continue
                 if args.stage == "pilot":
                     suite_jobs.pilot_stage(variant, args, models_dir)
                 elif args.stage == "checkpoint":

@@ -133,11 +133,15 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
 
 def eraser_check(variant, eraser: Path, base_check: dict, out: Path) -> dict:
     """An eraser variant's model check: its base's check, and the eraser file's sha256 against the one its
-    first-stage results record (an eraser refitted on the same base and pairs is the same file, or it is not)."""
+    first-stage results record. Only the first stage's own file (kept in --models-dir) passes: a refit writes
+    its time of fitting into the file, so even an identical projection gives another sha256 and is marked."""
     from evaluation.data import sha256_file
 
-    committed = json.loads((out / "runs" / variant.name / "crows_pairs.json").read_text())
-    recorded = committed["settings"]["eraser"]["sha256"]
+    committed_path = out / "runs" / variant.name / "crows_pairs.json"
+    try:
+        recorded = json.loads(committed_path.read_text())["settings"]["eraser"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SystemExit(f"[{variant.name}] {committed_path} records no eraser: run the variant's study job first")
     now = sha256_file(eraser)
     return {"method": f"{base_check['method']}; eraser sha256",
             "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], now],
@@ -153,6 +157,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
     """The variant's lm-eval suite on its checkpoint: `runs/<variant>/lm_eval.json` (per-item records included)
     and `runs/<variant>/suite_job.json` (which checkpoint, whether it is the first stage's model, time, command)."""
     from evaluation import run_eval
+    from evaluation.data import sha256_file
     from evaluation.store import write_json_atomic
     from fair_gptq import machine
     from fair_gptq.paths import portable_record
@@ -183,6 +188,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
               "command": (study_jobs.study_command(variant, getattr(args, "grid_argv", None)) or "")
               + " --stage suite",
               "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
+              **({"eraser": {"file": eraser.name, "sha256": sha256_file(eraser)}} if eraser is not None else {}),
               "checkpoint_check": checkpoint["check"], "machine": machine.machine_record(),
               "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -233,11 +233,21 @@ def test_eraser_variants_on_tiny_opt(tiny_opt_dir, stereoset_dev_path, tmp_path,
     assert "eraser" not in study_jobs.variant_record(gptq) and "base" not in study_jobs.variant_record(gptq)
 
 
-def test_an_eraser_variant_has_no_checkpoint_or_pilot_stage_of_its_own(capsys):
+def test_an_eraser_variant_has_no_checkpoint_or_pilot_stage_of_its_own(capsys, monkeypatch):
+    import suite_jobs
+
     argv = ["--out", "x", "--erasers", "inlp", "--eraser-bases", "gptq", "--only", "inlp-gptq"]
     assert reproduce.main(argv + ["--stage", "checkpoint"]) == 2
     assert "run the stage for gptq" in capsys.readouterr().err
     assert reproduce.main(argv + ["--stage", "pilot"]) == 2
+    # a whole grid's stage skips them with a note and goes on with the other variants
+    checked = []
+    monkeypatch.setattr(suite_jobs, "checkpoint_stage", lambda variant, *args: checked.append(variant.name))
+    grid = ["--out", "x", "--modes", "stereo-anti", "--alphas", "1", "--references", "", "--erasers", "inlp",
+            "--eraser-bases", "gptq", "--stage", "checkpoint"]
+    assert reproduce.main(grid) == 0
+    assert checked == ["fp", "stereo-anti-a1"]
+    assert "[inlp-gptq] skipped" in capsys.readouterr().out
 
 
 def test_eraser_check_needs_the_base_and_the_very_eraser_file_of_the_first_stage(tmp_path):

@@ -70,3 +70,13 @@ def test_odd_batch_and_unsplittable_flat_input_are_refused():
     flat, mask, _ = padded_batch([3, 3], pad_left=False)
     with pytest.raises(ValueError, match="keep-mask"):
         pair_differences_gram(flat.reshape(-1, HIDDEN), None)
+
+
+def test_empty_batch_and_half_precision_inputs():
+    deltas, pairs = pair_differences(torch.zeros(0, 3, HIDDEN), None)
+    assert pairs == 0 and deltas.shape == (0, HIDDEN)
+    batch, mask, sentences = padded_batch([5, 3, 4, 6], pad_left=True)
+    low, _ = pair_differences_gram(batch.bfloat16(), mask)
+    expected = expected_gram([s.bfloat16().float() for s in sentences])  # the same rounding of the inputs
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low.double(), expected, rtol=1e-5, atol=1e-4)
