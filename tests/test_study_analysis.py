@@ -236,6 +236,13 @@ def test_paired_mean_direction_difference_uses_the_shared_resamples():
     assert d["ci"][0] == pytest.approx(-0.3 + 0.025 * 0.2, abs=1e-9) and d["ci"][1] == pytest.approx(-0.1 - 0.025 * 0.2)
     with pytest.raises(ValueError, match="same pairs"):
         mechanism.paired_mean_direction_difference(a, {**b, "n": 6})
+    # replicates centred above the plug-in difference: corrected by their mean, interval reflected (by hand:
+    # diffs -0.1, -0.2, -0.1, mean -0.1333 against -0.2; 2.5 % / 97.5 % quantiles -0.195 and -0.1)
+    skewed = mechanism.paired_mean_direction_difference(a, {**b, "resampled": [0.7, 0.7, 0.9]})
+    assert skewed["diff_plugin"] == pytest.approx(-0.2) and skewed["diff"] == pytest.approx(-0.4 + 0.4 / 3)
+    assert skewed["ci"] == pytest.approx([-0.4 + 0.1, -0.4 + 0.195])
+    reported = mechanism.mean_direction_summary({**b, "resampled": [0.7, 0.7, 1.0]})
+    assert reported["plugin"] == 0.7 and reported["ratio"] == pytest.approx(1.4 - 0.8)
 
 
 @pytest.mark.slow

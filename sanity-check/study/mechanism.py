@@ -15,7 +15,11 @@ Along the held-out mean direction (the direction term's target, issue 23): per p
 the positions where the two sentences' inputs differ (as gptq.py's direction term defines it), μ = mean_p m_p,
 and the ratio is sqrt(Σ_modules ‖Q μ‖² / Σ_modules ‖W μ‖²) (`mean_direction`). Its bootstrap resamples the pairs
 with a fixed seed, so two variants measured on the same pairs share the resamples and their stored resampled
-ratios give a paired interval (`paired_mean_direction_difference`).
+ratios give a paired interval (`paired_mean_direction_difference`). The plug-in ratio is biased: μ's sampling
+noise adds energy to ‖Wμ‖² and ‖Qμ‖² (about tr(W Σ Wᵀ)/P), pulling the ratio towards the ratio for pair-to-pair
+noise, and the more so the weaker the common direction; each bootstrap replicate adds that noise once more. The
+report therefore gives the bootstrap bias-corrected ratio with the basic interval (`mean_direction_summary`,
+evaluation.metrics.bias_corrected); the stored record keeps the plug-in ratio and its replicates.
 
 Q is read off the quantized module itself: for a linear map y = Q x + b, feeding the identity matrix gives
 Qᵀ + b and feeding zeros gives b, whatever kernel stores the int4 weights.
@@ -96,15 +100,22 @@ def mean_direction_ratio(gram_w: np.ndarray, gram_q: np.ndarray, n_resamples: in
             "bootstrap": {"resamples": n_resamples, "seed": seed}, "resampled": resampled.tolist()}
 
 
+def mean_direction_summary(record: dict) -> dict:
+    """A stored `mean_direction` record as reported: the bias-corrected ratio and its basic 95 % interval, beside
+    the plug-in ratio."""
+    corrected = metrics.bias_corrected(record["ratio"], np.asarray(record["resampled"]))
+    return {"ratio": corrected["estimate"], "ci": corrected["ci"], "plugin": record["ratio"], "n": record["n"]}
+
+
 def paired_mean_direction_difference(a: dict, b: dict) -> dict:
-    """ratio(B) − ratio(A) along the held-out mean direction with a paired 95 % interval, from the two variants'
-    stored `mean_direction` records (same pairs, same bootstrap seed: the same resamples)."""
+    """ratio(B) − ratio(A) along the held-out mean direction, bias-corrected, with a paired basic 95 % interval,
+    from the two variants' stored `mean_direction` records (same pairs, same bootstrap seed: the same resamples)."""
     if (a["n"], a["bootstrap"]) != (b["n"], b["bootstrap"]):
         raise ValueError("paired_mean_direction_difference needs both variants measured on the same pairs with the "
                          f"same bootstrap (got n {a['n']} / {b['n']}, {a['bootstrap']} / {b['bootstrap']})")
     diffs = np.asarray(b["resampled"]) - np.asarray(a["resampled"])
-    low, high = metrics.percentile_ci(diffs)
-    return {"diff": b["ratio"] - a["ratio"], "ci": [float(low), float(high)], "n": a["n"]}
+    corrected = metrics.bias_corrected(b["ratio"] - a["ratio"], diffs)
+    return {"diff": corrected["estimate"], "ci": corrected["ci"], "diff_plugin": b["ratio"] - a["ratio"], "n": a["n"]}
 
 
 # ----------------------------------------------------------------------------- model access

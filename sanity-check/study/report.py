@@ -31,6 +31,16 @@ ERASER_FAMILIES = {m: (f"{m}-unrelated", f"{m}-shuffled-labels") for m in ("inlp
 ERASER_MATCHED = ("stereo-anti", "unrelated")
 
 
+def mean_direction_fields(record: dict | None) -> dict:
+    """The variant row's mean-direction fields from a job's stored record (None where the job predates it)."""
+    if not record:
+        return {"mechanism_mean_direction": None, "mechanism_mean_direction_ci": None,
+                "mechanism_mean_direction_plugin": None}
+    reported = mechanism.mean_direction_summary(record)
+    return {"mechanism_mean_direction": reported["ratio"], "mechanism_mean_direction_ci": reported["ci"],
+            "mechanism_mean_direction_plugin": reported["plugin"]}
+
+
 def _partners(method, state: dict) -> list:
     """What a method is compared with on the same items: its controls (same alpha; for an eraser, the same base
     model) and the model it started from (plain GPTQ; for an eraser, its base: FP or GPTQ)."""
@@ -106,9 +116,8 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
         "ppl_windows": wiki["metrics"].get("n_windows"),
         "mechanism_ratio": mech.get("overall", {}).get("ratio_all"),
         "mechanism_ratio_equal_length": mech.get("overall", {}).get("ratio_equal"),
-        # ‖Q μ‖ / ‖W μ‖ along the held-out mean difference (jobs from before it was measured lack it: None)
-        "mechanism_mean_direction": (mech.get("mean_direction") or {}).get("ratio"),
-        "mechanism_mean_direction_ci": (mech.get("mean_direction") or {}).get("ci"),
+        # ‖Q μ‖ / ‖W μ‖ along the held-out mean difference, bias-corrected (jobs from before it was measured: None)
+        **mean_direction_fields(mech.get("mean_direction")),
     }
     if variant.kind == "eraser":  # which eraser on which model, fitted on which sentences, and what it removed
         fitted = extra.get("eraser") or {}
@@ -304,13 +313,16 @@ def render_markdown(summary: dict, header: list[str]) -> str:
               "that get the term. Overall = sqrt(Σ‖QD‖² / Σ‖WD‖²) over modules and pairs: energy-weighted, so modules "
               "with large ‖WD‖ weigh more. Per module: `mechanism_per_module.csv`. Mean direction: "
               "sqrt(Σ‖Qμ‖² / Σ‖Wμ‖²) over modules, μ the held-out pairs' mean signed difference (the direction "
-              "term's target), with a bootstrap interval over the pairs; — where the job predates it.", "",
+              "term's target), bootstrap bias-corrected with the basic bootstrap interval over the pairs (μ's "
+              "sampling noise biases the plug-in ratio towards the noise's; plug-in value after the interval); — "
+              "where the job predates it.", "",
               "| variant | all pairs | equal-length pairs | mean direction |", "|---|---|---|---|"]
     for r in summary["variants"]:
         if r["mechanism_ratio"] is not None:
             mean = r.get("mechanism_mean_direction")
             low_high = r["mechanism_mean_direction_ci"]
-            mean_cell = "—" if mean is None else f"{mean:.4f} [{low_high[0]:.4f}, {low_high[1]:.4f}]"
+            mean_cell = "—" if mean is None else (f"{mean:.4f} [{low_high[0]:.4f}, {low_high[1]:.4f}] "
+                                                  f"(plug-in {r['mechanism_mean_direction_plugin']:.4f})")
             lines.append(f"| {r['name']} | {r['mechanism_ratio']:.4f} | {_f(r['mechanism_ratio_equal_length'], 4)} "
                          f"| {mean_cell} |")
     for plot in summary["plots"]:
