@@ -88,6 +88,34 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
         raise SystemExit(f"--shapes: expected COLUMNSxROWS[,COLUMNSxROWS...], got {text!r}")
 
 
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments both module benchmarks (this one and bench_gptq_module_v7.py) share."""
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--pairs", type=int, default=128)
+    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--shapes", default=None,
+                   help="synthetic modules COLUMNSxROWS[,...] instead of the model's captured ones")
+    p.add_argument("--seq", type=int, default=64, help="--shapes: tokens per calibration sentence")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=10, help="ABBA blocks")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--json", default=None)
+
+
+def load_inputs(args, device: str) -> tuple[dict, int, str]:
+    """(modules' inputs and weights, number of pairs, a one-line description): synthetic with --shapes, else
+    captured from the model's layer on the calibration pairs."""
+    if args.shapes:
+        data = synthetic_inputs(parse_shapes(args.shapes), args.pairs, args.seq, device)
+        return data, args.pairs, f"synthetic {args.shapes}, seq {args.seq}"
+    from fair_gptq.models import resolve_model
+    from fair_gptq.pairs import calibration_pairs
+
+    pairs = calibration_pairs(None, max_pairs=args.pairs, seed=0)
+    data = capture_inputs(resolve_model(args.model), pairs.sentences, args.layer)
+    return data, pairs.n_pairs, f"model={args.model} layer={args.layer}"
+
+
 def time_one(config: str, name: str, layer: int, weight, batches: list, group_size: int, stock_class) -> dict:
     """Seconds of add_batch over every batch, of quantize(), and of the shift inside it (0 for stock); on CUDA also
     the peak memory the task allocated beyond what was resident before it (the inputs, the weight)."""
@@ -140,19 +168,10 @@ def time_one(config: str, name: str, layer: int, weight, batches: list, group_si
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--pairs", type=int, default=128)
-    p.add_argument("--layer", type=int, default=15)
-    p.add_argument("--shapes", default=None,
-                   help="synthetic modules COLUMNSxROWS[,...] instead of the model's captured ones")
-    p.add_argument("--seq", type=int, default=64, help="--shapes: tokens per calibration sentence")
+    add_input_arguments(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the modules and inputs live (cuda needs --shapes)")
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=10, help="ABBA blocks")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     import torch
@@ -166,20 +185,10 @@ def main(argv=None) -> int:
         p.error("--device cuda needs --shapes (the captured inputs come from a CPU forward pass)")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
-    shapes = parse_shapes(args.shapes) if args.shapes else None
     if args.threads:
         torch.set_num_threads(args.threads)
     stock_class = load_upstream_module("gptq").GPTQ  # GPTQModel 2.2.0's own GPTQ, loaded once
-    if shapes:
-        data = synthetic_inputs(shapes, args.pairs, args.seq, args.device)
-        n_pairs, source = args.pairs, f"synthetic {args.shapes}, seq {args.seq}"
-    else:
-        from fair_gptq.models import resolve_model
-        from fair_gptq.pairs import calibration_pairs
-
-        pairs = calibration_pairs(None, max_pairs=args.pairs, seed=0)
-        data = capture_inputs(resolve_model(args.model), pairs.sentences, args.layer)
-        n_pairs, source = pairs.n_pairs, f"model={args.model} layer={args.layer}"
+    data, n_pairs, source = load_inputs(args, args.device)
     modules = list(data["inputs"])
     rows: dict[str, list[list[dict]]] = {name: [] for name in modules}
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_gptq_module import capture_inputs, parse_shapes, summarise_modules, synthetic_inputs  # noqa: E402
+from benchmarks.bench_gptq_module import add_input_arguments, load_inputs, summarise_modules  # noqa: E402
 from benchmarks.bench_quantize import abba_order  # noqa: E402
 
 CONFIGS = {"stock": None, "fair": dict(alpha=0.1, sum_hessians=1)}  # stock: 7.7.0's GPTQ and GPTQConfig
@@ -70,31 +70,14 @@ def time_one(config: str, name: str, weight, batches: list, group_size: int) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--pairs", type=int, default=128)
-    p.add_argument("--layer", type=int, default=15)
-    p.add_argument("--shapes", default=None, help="synthetic modules COLUMNSxROWS[,...] instead of the model's")
-    p.add_argument("--seq", type=int, default=64, help="--shapes: tokens per calibration sentence")
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=10, help="ABBA blocks")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--json", default=None)
+    add_input_arguments(p)
     args = p.parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.shapes:
-        data = synthetic_inputs(parse_shapes(args.shapes), args.pairs, args.seq, "cpu")
-        source = f"synthetic {args.shapes}, seq {args.seq}"
-    else:
-        from fair_gptq.models import resolve_model
-        from fair_gptq.pairs import calibration_pairs
-
-        pairs = calibration_pairs(None, max_pairs=args.pairs, seed=0)
-        data = capture_inputs(resolve_model(args.model), pairs.sentences, args.layer)
-        source = f"model={args.model} layer={args.layer}"
+    data, n_pairs, source = load_inputs(args, "cpu")
     configs = list(CONFIGS)
     rows = {name: [] for name in data["inputs"]}
     with torch.inference_mode():
@@ -106,7 +89,7 @@ def main(argv=None) -> int:
                                    for c in abba_order(configs)])
             print(f"  {name}: {args.repeats} blocks done", flush=True)
     summary = summarise_modules(rows, configs)
-    print(f"\nGPTQModel 7.7.0, {source} pairs={args.pairs} threads={torch.get_num_threads()} blocks={args.repeats}: "
+    print(f"\nGPTQModel 7.7.0, {source} pairs={n_pairs} threads={torch.get_num_threads()} blocks={args.repeats}: "
           f"median seconds per module (ratio: per ABBA block, median [min, max])")
     print(f"{'module':<22} {'config':<8} {'accumulate':>10} {'quantize':>9} {'(shift)':>8} {'total':>7} {'x stock':>22}")
     for name in rows:
