@@ -97,6 +97,9 @@ def variant_row(variant, runs: dict, extra: dict, n_boot: int, seed: int) -> dic
     paired = variant.kind == "curve"
     row = {
         "name": variant.name, "kind": variant.kind, "mode": variant.mode,
+        # the pair term's target as the quantization recorded it (jobs from before the field: the paper's "pairs")
+        "fair_target": ((extra.get("quantization") or {}).get("arguments", {}).get("fair_target", "pairs")
+                        if paired else None),
         "pair_alignment": variant.pair_alignment if paired else None,  # no pair term: no alignment
         "alpha": variant.alpha if quantized else None, "bits": variant.bits if quantized else None,
         "group_size": variant.group_size if quantized else None,
