@@ -276,12 +276,9 @@ def eraser_base(variant: Variant) -> Variant:
 def base_model(variant: Variant, args, models_dir: Path) -> str:
     """The folder of the model an eraser variant is fitted on and applied to: FP, or the cached plain GPTQ
     checkpoint (the `gptq` reference's, quantized when missing)."""
-    from fair_gptq.models import resolve_model
+    import suite_jobs
 
-    base = eraser_base(variant)
-    if base.kind == "fp":
-        return resolve_model(args.model)
-    return str(run_main_job(base.name, models_dir / base.name, base.quantize_arguments(), args))
+    return suite_jobs.ensure_checkpoint(eraser_base(variant), args, models_dir)
 
 
 def fit_variant_eraser(variant: Variant, model_path: str, args, models_dir: Path) -> Path:

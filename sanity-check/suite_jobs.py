@@ -131,21 +131,18 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     return record  # model_path absolute here; portable on disk
 
 
-def eraser_check(variant, eraser: Path, base_check: dict, out: Path) -> dict:
+def eraser_check(variant, eraser_sha256: str, base_check: dict, out: Path) -> dict:
     """An eraser variant's model check: its base's check, and the eraser file's sha256 against the one its
     first-stage results record. Only the first stage's own file (kept in --models-dir) passes: a refit writes
     its time of fitting into the file, so even an identical projection gives another sha256 and is marked."""
-    from evaluation.data import sha256_file
-
     committed_path = out / "runs" / variant.name / "crows_pairs.json"
     try:
         recorded = json.loads(committed_path.read_text())["settings"]["eraser"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise SystemExit(f"[{variant.name}] {committed_path} records no eraser: run the variant's study job first")
-    now = sha256_file(eraser)
     return {"method": f"{base_check['method']}; eraser sha256",
-            "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], now],
-            "match": bool(base_check["match"]) and now == recorded}
+            "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], eraser_sha256],
+            "match": bool(base_check["match"]) and eraser_sha256 == recorded}
 
 
 def subset_spec() -> str:
@@ -163,11 +160,12 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
     from fair_gptq.paths import portable_record
 
     started, revision = time.time(), study_jobs.code_revision()
-    eraser = None
+    eraser = eraser_sha256 = None
     if variant.kind == "eraser":  # the base's checkpoint, checked like any other, plus the variant's eraser
         checkpoint = checkpoint_stage(study_jobs.eraser_base(variant), args, out, models_dir)
         eraser = study_jobs.fit_variant_eraser(variant, checkpoint["model_path"], args, models_dir)
-        checkpoint = {**checkpoint, "check": eraser_check(variant, eraser, checkpoint["check"], out)}
+        eraser_sha256 = sha256_file(eraser)
+        checkpoint = {**checkpoint, "check": eraser_check(variant, eraser_sha256, checkpoint["check"], out)}
     else:
         checkpoint = checkpoint_stage(variant, args, out, models_dir)
     if not checkpoint["check"]["match"]:
@@ -188,7 +186,7 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
               "command": (study_jobs.study_command(variant, getattr(args, "grid_argv", None)) or "")
               + " --stage suite",
               "tasks": list(SUITE_TASKS), "subsets": dict(SUITE_SUBSETS), "model_path": model_path,
-              **({"eraser": {"file": eraser.name, "sha256": sha256_file(eraser)}} if eraser is not None else {}),
+              **({"eraser": {"file": eraser.name, "sha256": eraser_sha256}} if eraser is not None else {}),
               "checkpoint_check": checkpoint["check"], "machine": machine.machine_record(),
               "seconds": round(time.time() - started),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -266,8 +266,11 @@ def test_eraser_check_needs_the_base_and_the_very_eraser_file_of_the_first_stage
     recorded = hashlib.sha256(b"the eraser the first stage used").hexdigest()
     (run / "crows_pairs.json").write_text(json.dumps({"settings": {"eraser": {"sha256": recorded}}}))
     base_ok = {"method": "WikiText-2 window 0 NLL", "recorded": 3.0, "now": 3.0, "match": True}
-    check = suite_jobs.eraser_check(variant, eraser, base_ok, tmp_path / "out")
+    from evaluation.data import sha256_file
+
+    check = suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out")
     assert check["match"] and check["now"] == [3.0, recorded]
-    assert not suite_jobs.eraser_check(variant, eraser, {**base_ok, "now": 3.5, "match": False}, tmp_path / "out")["match"]
+    assert not suite_jobs.eraser_check(variant, sha256_file(eraser), {**base_ok, "now": 3.5, "match": False},
+                                       tmp_path / "out")["match"]
     eraser.write_bytes(b"a refit that came out different")
-    assert not suite_jobs.eraser_check(variant, eraser, base_ok, tmp_path / "out")["match"]
+    assert not suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out")["match"]
