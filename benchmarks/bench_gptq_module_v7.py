@@ -22,7 +22,8 @@ if __package__ in (None, ""):
 from benchmarks.bench_gptq_module import add_input_arguments, load_inputs, summarise_modules  # noqa: E402
 from benchmarks.bench_quantize import abba_order  # noqa: E402
 
-CONFIGS = {"stock": None, "fair": dict(alpha=0.1, sum_hessians=1)}  # stock: 7.7.0's GPTQ and GPTQConfig
+CONFIGS = {"stock": None, "fair": dict(alpha=0.1, sum_hessians=1),  # stock: 7.7.0's GPTQ and GPTQConfig
+           "fair-sd": dict(alpha=0.1, sum_hessians=1, fair_accumulate="sum-difference")}
 
 
 def time_one(config: str, name: str, weight, batches: list, group_size: int) -> dict:

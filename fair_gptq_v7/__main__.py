@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-layer", default="", help="layer indices, e.g. 0,1,30-31 (overrides --strategy)")
     p.add_argument("--ignore-bias", default=None, help="modules without the term (default: by model family)")
     p.add_argument("--sum-hessians", type=int, default=1, choices=[0, 1])
+    p.add_argument("--fair-accumulate", default="direct", choices=["direct", "sum-difference"],
+                   help="sum-difference: modules with the term build H and H01 from pair sums and differences "
+                        "(H differs from stock by float rounding; fewer flops)")
     p.add_argument("--log-delta-w", action="store_true", help="log ||dW|| per module to <out>/fair_logs")
     p.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
     p.add_argument("--group-size", type=int, default=128)
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
         bits=args.bits, group_size=args.group_size, damp_percent=args.damp_percent, device="cpu",
         desc_act=False, act_group_aware=args.act_group_aware,
         alpha=args.alpha, ignore_bias=ignore, select_layer=",".join(map(str, layers)),
-        sum_hessians=args.sum_hessians, log_delta_w=int(args.log_delta_w), log_dir=str(tmp / "fair_logs"))
+        sum_hessians=args.sum_hessians, fair_accumulate=args.fair_accumulate, log_delta_w=int(args.log_delta_w), log_dir=str(tmp / "fair_logs"))
     print(f"Fair-GPTQ on GPTQModel 7.7.0: {pairs.n_pairs} pairs, alpha={args.alpha}, layers {qcfg.select_layer}, "
           f"ignore_bias '{ignore}'", flush=True)
     start = time.time()

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+import torch
 from gptqmodel.quantization.config import GPTQConfig
 
 from . import gating
@@ -33,7 +34,9 @@ class FairGPTQConfig(GPTQConfig):
     fair_target: str = field(default="pairs")
     fair_rank: int = field(default=1)
     fair_seed: int = field(default=0)
-    fair_accumulate: str = field(default="direct")  # the overlay's "sum-difference" is not ported either
+    # "sum-difference": an active module builds H and the pair sum from pair sums U = X_s + X_a and differences
+    # D = X_s - X_a (the GEMM rows of H alone; H differs from stock by float rounding); "direct": stock H + D^T D
+    fair_accumulate: str = field(default="direct")
     log_delta_w: int = field(default=0)  # 1: append one record per active module to log_dir/delta_w.jsonl
     log_hessian_sensitivity: int = field(default=0)  # 1: log_dir/hessian_sensitivity/<module>.csv
     log_dir: str = field(default="./logs")
@@ -44,6 +47,7 @@ class FairGPTQConfig(GPTQConfig):
         for name in gating.FAIR_DYNAMIC_FIELDS:
             setattr(self, name, gating.normalise_fair_setting(name, getattr(self, name)))
         _refuse_unported_targets({name: getattr(self, name) for name in UNPORTED_FIELDS})
+        self._check_accumulation()
         self.log_delta_w = gating.as_flag("log_delta_w", self.log_delta_w)
         self.log_hessian_sensitivity = gating.as_flag("log_hessian_sensitivity", self.log_hessian_sensitivity)
         if not isinstance(self.log_dir, str) or not self.log_dir:
@@ -55,6 +59,18 @@ class FairGPTQConfig(GPTQConfig):
         self._normalise_dynamic_rules()
         if self.fair_enabled():
             self._refuse_bypassing_methods()
+
+    def _check_accumulation(self):
+        if self.fair_accumulate not in FAIR_ACCUMULATE:
+            raise ValueError(f"FairGPTQConfig: `fair_accumulate` must be one of "
+                             f"{', '.join(map(repr, FAIR_ACCUMULATE))}, got {self.fair_accumulate!r}.")
+        hessian = self.hessian
+        if self.fair_accumulate == "sum-difference" and (
+                hessian.chunk_size is not None or hessian.chunk_bytes is not None
+                or hessian.staging_dtype != torch.float32):
+            raise ValueError("FairGPTQConfig: `fair_accumulate` = 'sum-difference' builds H in float32 from whole "
+                             "calibration batches, so it cannot honour `hessian` chunk_size, chunk_bytes or a "
+                             "staging_dtype other than float32; use fair_accumulate='direct' with those settings.")
 
     def _normalise_dynamic_rules(self):
         for rule, overrides in list((self.dynamic or {}).items()):
@@ -116,7 +132,8 @@ class FairGPTQConfig(GPTQConfig):
 
 
 # field -> the only value accepted here
-UNPORTED_FIELDS = {"fair_target": "pairs", "fair_rank": 1, "fair_seed": 0, "fair_accumulate": "direct"}
+UNPORTED_FIELDS = {"fair_target": "pairs", "fair_rank": 1, "fair_seed": 0}
+FAIR_ACCUMULATE = ("direct", "sum-difference")  # the 2.2.0 overlay's values, the same meaning
 
 
 def _refuse_unported_targets(values: Dict[str, Any]):

@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
 # the fields of FairGPTQConfig, as in the 2.2.0 overlay's QuantizeConfig
-FAIR_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "log_delta_w",
+FAIR_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians", "fair_accumulate", "log_delta_w",
                "log_hessian_sensitivity", "log_dir", "log_run_id")
 # the ones a `dynamic` rule may override for the modules it matches; the logs belong to the whole run
 FAIR_DYNAMIC_FIELDS = ("alpha", "ignore_bias", "select_layer", "sum_hessians")

@@ -60,6 +60,9 @@ class FairGPTQProcessor(_ORIGINAL_PROCESSOR):
                 # the follower gets no input of its own; its leader sums the pairs even if the leader itself is
                 # ignored (then the leader's own weights are not shifted)
                 tasks[leader].fair_collects = True
+            elif getattr(tasks[leader], "fair_sums_hessian", False):
+                # an inactive follower adopts its leader's H, which must then be stock 7.7.0's, bit for bit
+                tasks[leader].fair_sums_hessian = False
         return leaders
 
     def end_shared_input_capture(self, subset_names):

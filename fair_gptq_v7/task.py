@@ -47,7 +47,7 @@ from gptqmodel.quantization.gptq import GPTQ
 from gptqmodel.utils.logger import setup_logger
 
 from . import gating
-from .pairs import pair_differences
+from .pairs import pair_differences, pair_sums_and_differences
 
 log = setup_logger()
 
@@ -70,6 +70,12 @@ class FairGPTQ(GPTQ):
         # set by the processor: this task sums pairs (it is active, or leads a shared-input group with an
         # active follower); a follower gets the sum from its leader instead
         self.fair_collects = self.fair_active
+        # fair_accumulate="sum-difference": this task builds H itself from the pair sums and differences (the
+        # parent's add_batch only counts rows); the processor turns it off for a shared-input leader with an
+        # inactive follower, whose H must stay stock 7.7.0's
+        self.fair_sums_hessian = self.fair_active and getattr(self.qcfg, "fair_accumulate", "direct") == "sum-difference"
+        self._fair_sum_partials: Dict[torch.device, torch.Tensor] = {}  # V^T V per device (pairs.py)
+        self._fair_sum_rows = 0  # rows the sums cover; must equal the rows add_batch counted
         self._fair_lock = threading.Lock()  # pairs may arrive from several forward threads
         self._fair_partials: Dict[torch.device, torch.Tensor] = {}  # S01 per device, reduced in a fixed order
         self._fair_batches = set()  # batch indices seen: a batch counted twice would bias S01
@@ -86,9 +92,14 @@ class FairGPTQ(GPTQ):
     # ---- pairs ------------------------------------------------------------------------------------------------
 
     def fair_add_batch(self, inp: torch.Tensor, keep_mask: Optional[torch.Tensor], batch_index: Optional[int]):
-        """Adds the pairs of one whole calibration batch (rows 2i, 2i+1), before the processor splits it."""
+        """Adds the pairs of one whole calibration batch (rows 2i, 2i+1), before the processor splits it; in the
+        sum-difference mode also the batch's share of H (V^T V, pairs.pair_sums_and_differences)."""
+        sums, rows = None, 0
         try:
-            deltas, pairs = pair_differences(inp, keep_mask)
+            if self.fair_sums_hessian:
+                sums, deltas, pairs, rows = pair_sums_and_differences(inp, keep_mask)
+            else:
+                deltas, pairs = pair_differences(inp, keep_mask)
         except ValueError as error:
             raise ValueError(f"Fair-GPTQ: module `{self.full_name}`, calibration batch {batch_index}: {error}") from None
         device = deltas.device
@@ -104,6 +115,13 @@ class FairGPTQ(GPTQ):
                 self._fair_partials[device] = deltas.t().matmul(deltas)
             else:
                 partial.addmm_(deltas.t(), deltas)
+            if sums is not None:
+                partial = self._fair_sum_partials.get(device)
+                if partial is None:
+                    self._fair_sum_partials[device] = sums.t().matmul(sums)
+                else:
+                    partial.addmm_(sums.t(), sums)
+                self._fair_sum_rows += rows
             self.n_pairs += pairs
 
     def fair_pair_sum(self, device: torch.device) -> Optional[torch.Tensor]:
@@ -125,6 +143,35 @@ class FairGPTQ(GPTQ):
             batches, pairs = set(leader._fair_batches), leader.n_pairs
         with self._fair_lock:
             self._fair_partials, self._fair_batches, self.n_pairs = partials, batches, pairs
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor, batch_index: Optional[int] = None):
+        """Stock add_batch, except in the sum-difference mode: there H comes from fair_add_batch's sums and this
+        only counts the rows, as the parent's own add_batch would."""
+        if not self.fair_sums_hessian:
+            return super().add_batch(inp, out, batch_index=batch_index)
+        rows = inp.reshape(-1, inp.shape[-1]).shape[0]
+        device = torch.device(inp.device)
+        with self.lock:
+            self.fwd_counter += 1
+            self._device_sample_counts[device] = self._device_sample_counts.get(device, 0) + rows
+            self.nsamples += rows
+            self._hessian_dirty = True
+
+    def materialize_global_hessian(self, target_device: Optional[torch.device] = None) -> None:
+        """Sum-difference mode: hands sum x x^T = (V^T V + D^T D) / 2 to the parent as its per-device partials,
+        which it reduces and scales by 2/N exactly as its own."""
+        with self._fair_lock:
+            sums, self._fair_sum_partials = self._fair_sum_partials, {}
+            rows, self._fair_sum_rows = self._fair_sum_rows, 0
+            if sums:
+                counted = sum(self._device_sample_counts.values())
+                if rows != counted:
+                    raise RuntimeError(f"Fair-GPTQ: module `{self.full_name}`: the pair sums cover {rows} rows but "
+                                       f"add_batch counted {counted}; H would not be stock 7.7.0's H.")
+                partials = {device: V.add_(self._fair_partials[device]).mul_(0.5) for device, V in sums.items()}
+                with self.lock:
+                    self._device_hessian_partials.update(partials)
+        super().materialize_global_hessian(target_device=target_device)
 
     # ---- quantization -----------------------------------------------------------------------------------------
 
@@ -273,6 +320,7 @@ class FairGPTQ(GPTQ):
 
     def free(self):
         self._fair_partials, self._fair_shifted, self._fair_h01_diag = {}, None, None
+        self._fair_sum_partials = {}
         self._fair_loss_inputs = None
         super().free()
 

@@ -41,7 +41,6 @@ def test_gptaq_and_foem_are_refused_with_the_term():
     (dict(fair_target="random-direction"), r"`fair_target` 'random-direction' is supported by the GPTQModel 2\.2\.0"),
     (dict(fair_rank=2), r"`fair_rank` must be 1 in fair_gptq_v7"),
     (dict(fair_seed=3), r"`fair_seed` must be 0 in fair_gptq_v7"),
-    (dict(fair_accumulate="sum-difference"), r"`fair_accumulate` must be 'direct' in fair_gptq_v7"),
     (dict(dynamic={r".*fc1": {"fair_target": "direction"}}), r"overlay only.* in `dynamic` rule '\.\*fc1'\.$"),
 ])
 def test_the_overlays_direction_targets_are_refused(kwargs, message):
@@ -81,3 +80,20 @@ def test_gating_by_name_layer_and_dynamic_rule(full_name, layer, active):
     assert task.fair_active is active
     if full_name.startswith("model.layers.5"):
         assert task.fair_alpha == 0.2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(fair_accumulate="sums"), r"`fair_accumulate` must be one of 'direct', 'sum-difference', got 'sums'"),
+    (dict(fair_accumulate="sum-difference", hessian={"chunk_size": 64}), r"cannot honour `hessian` chunk_size"),
+    (dict(fair_accumulate="sum-difference", hessian={"staging_dtype": "bfloat16"}), r"staging_dtype other than"),
+    (dict(dynamic={r".*fc1": {"fair_accumulate": "sum-difference"}}), r"`fair_accumulate` applies to the whole run"),
+])
+def test_accumulation_mode_is_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cfg(alpha=0.1, **kwargs)
+
+
+def test_accumulation_mode_is_exported_with_the_term():
+    c = cfg(alpha=0.1, fair_accumulate="sum-difference")
+    assert c.to_dict()["fair_accumulate"] == "sum-difference"
+    assert cfg(alpha=0.1).to_dict()["fair_accumulate"] == "direct"

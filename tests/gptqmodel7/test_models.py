@@ -197,6 +197,61 @@ def test_opt_flattened_fc_inputs_are_paired_with_the_keep_mask(tiny_opt_dir, tmp
     check_layer0_losses(spy, tiny_opt_dir, tmp_path / "out", tmp_path / "logs", batch_size, names, {})
 
 
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_sum_difference_matches_the_closed_form_and_keeps_stock_h_where_it_must(stories260k_dir, tmp_path,
+                                                                                  monkeypatch, batch_size):
+    spy = Spy(monkeypatch)
+    summing = {}
+    add = FairGPTQ.add_batch  # the spy's, which records the rows
+
+    def add_batch(task, inp, out, batch_index=None):  # which tasks took the sum-difference path
+        summing[task.full_name] = task.fair_sums_hessian
+        return add(task, inp, out, batch_index=batch_index)
+
+    monkeypatch.setattr(FairGPTQ, "add_batch", add_batch)  # wraps the spy's add_batch, which records the rows
+    common = dict(batch_size=batch_size, alpha=0.3, ignore_bias="q_proj,up_proj")
+    quantize(stories260k_dir, tmp_path / "sd", fair_accumulate="sum-difference", **common)
+    layer = "model.layers.0."
+    # alone in their group and active: H from the pair sums; q_proj (ignored leader of active k/v) and gate_proj
+    # (leader of the ignored up_proj, which adopts its H) keep stock H
+    assert summing[layer + "self_attn.o_proj"] and summing[layer + "mlp.down_proj"]
+    assert not summing[layer + "self_attn.q_proj"] and not summing[layer + "mlp.gate_proj"]
+    names = [layer + m for m in ("self_attn.o_proj", "mlp.down_proj", "self_attn.k_proj", "mlp.gate_proj")]
+    check_layer0(spy, stories260k_dir, batch_size, names, {layer + "self_attn.k_proj": layer + "self_attn.q_proj"})
+    for name in (layer + "self_attn.o_proj", layer + "mlp.down_proj"):
+        X = torch.cat(spy.rows[name])
+        assert spy.results[name][3] == X.shape[0]  # nsamples counted as stock counts them
+    attention = [layer + "self_attn." + m for m in ("q_proj", "k_proj", "v_proj")]
+    sd_shifted = {n: spy.shifted[n] for n in attention[1:]}
+    direct = quantize(stories260k_dir, tmp_path / "direct", **common)
+    sd = {}
+    for file in sorted((tmp_path / "sd").glob("*.safetensors")):
+        sd.update(load_file(str(file)))
+    # the first subset (q/k/v on q_proj's stock H) is the direct mode's bit for bit; later subsets see the outputs
+    # of modules already quantized, o_proj among them, whose H differs by float rounding
+    for name in attention:
+        assert torch.equal(sd[name + ".qweight"], direct[name + ".qweight"]), name
+    for name in attention[1:]:
+        assert torch.equal(sd_shifted[name], spy.shifted[name]), name
+    saved = json.loads((tmp_path / "sd" / "quantize_config.json").read_text())
+    assert saved["fair_accumulate"] == "sum-difference"
+
+
+def test_sum_difference_pairs_opt_flattened_inputs_with_their_pad_rows(tiny_opt_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    quantize(tiny_opt_dir, tmp_path / "out", batch_size=4, alpha=0.3, fair_accumulate="sum-difference")
+    names = ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2", "model.decoder.layers.0.self_attn.out_proj"]
+    assert spy.batches[names[0]][0][1].dim() == 2  # fc1's H counts pad rows: the sums must too
+    check_layer0(spy, tiny_opt_dir, 4, names, {})
+
+
+def test_sum_difference_at_alpha_zero_is_bit_identical_to_stock(stories260k_dir, tmp_path):
+    stock = quantize(stories260k_dir, tmp_path / "stock", stock=True, sentences=LONG_SENTENCES)
+    fair = quantize(stories260k_dir, tmp_path / "fair", alpha=0.0, fair_accumulate="sum-difference",
+                    sentences=LONG_SENTENCES)
+    assert stock.keys() == fair.keys() and all(torch.equal(stock[k], fair[k]) for k in stock)
+
+
 def test_alpha_zero_is_bit_identical_to_stock(stories260k_dir, tmp_path):
     stock = quantize(stories260k_dir, tmp_path / "stock", stock=True, sentences=LONG_SENTENCES)
     fair = quantize(stories260k_dir, tmp_path / "fair", alpha=0.0, sentences=LONG_SENTENCES)

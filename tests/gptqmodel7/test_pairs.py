@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fair_gptq_v7.pairs import pair_differences
+from fair_gptq_v7.pairs import pair_differences, pair_sums_and_differences
 
 HIDDEN = 6
 
@@ -80,3 +80,17 @@ def test_empty_batch_and_half_precision_inputs():
     expected = expected_gram([s.bfloat16().float() for s in sentences])  # the same rounding of the inputs
     assert low.dtype == torch.float32
     torch.testing.assert_close(low.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("pad_left", [False, True])
+@pytest.mark.parametrize("lengths", [[5, 3], [2, 7, 6, 6], [3, 5, 1, 4]])
+def test_sums_and_differences_give_h_and_the_pair_sum(lengths, pad_left):
+    """fair_accumulate="sum-difference": V^T V + D^T D = 2 sum x x^T over the rows stock 7.7.0 puts in H (real
+    tokens of a 3-D input; every row of a flattened one, pads included) and D^T D = the pair sum."""
+    batch, mask, sentences = padded_batch(lengths, pad_left)
+    for inp, rows in ((batch, torch.cat(sentences)), (batch.reshape(-1, HIDDEN), batch.reshape(-1, HIDDEN))):
+        V, D, pairs, counted = pair_sums_and_differences(inp, mask)
+        assert pairs == len(lengths) // 2 and counted == rows.shape[0] and V.dtype == D.dtype == torch.float32
+        xtx = rows.double().t() @ rows.double()
+        torch.testing.assert_close((V.t() @ V + D.t() @ D).double(), 2 * xtx, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close((D.t() @ D).double(), expected_gram(sentences), rtol=1e-5, atol=1e-4)
