@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 def study_main(args, argv: list[str]) -> int:
     """The controlled study: list, run one or all jobs, and write the report from whatever is finished."""
     import study_jobs
-    from study.report import write_study_report
+    from study.report import controls_of, write_study_report
     from study.suite import summary_fields, write_suite_report
 
     if args.quick:
@@ -346,7 +346,9 @@ def study_main(args, argv: list[str]) -> int:
     keys = {v.name: study_jobs.job_key(v, study_jobs.study_settings(args)) for v in variants}
     current = [v.name for v in variants  # the suite report, like the study's, leaves out stale jobs
                if study_jobs.recorded_job(out / "runs" / v.name).get("key") == keys[v.name]]
-    suite = write_suite_report(out, current, suite_header(args), n_boot=args.bootstrap, seed=args.seed)
+    controls = {v.name: [c.name for c in controls_of(v, variants)] for v in variants}
+    suite = write_suite_report(out, current, suite_header(args), n_boot=args.bootstrap, seed=args.seed,
+                               controls=controls)
     if suite:
         print(f"suite report: {out / 'suite.md'}", flush=True)
     summary = write_study_report(out, variants, header, n_boot=args.bootstrap, seed=args.seed, keys=keys,

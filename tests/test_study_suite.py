@@ -69,6 +69,21 @@ def test_zeroshot_average_retention_and_paired_differences(tmp_path):
     assert markdown.count("gptq †") == 2 and (tmp_path / "suite.csv").read_text().startswith("variant,")
 
 
+def test_each_method_is_compared_with_its_own_controls(tmp_path):
+    accs = {"fp": [1, 1, 1, 0], "gptq": [1, 1, 0, 0], "stereo-anti-a1": [1, 0, 0, 0], "unrelated-a1": [1, 1, 1, 1]}
+    for name, acc in accs.items():
+        _write(tmp_path, name, {task: _items(acc) for task in suite.ZEROSHOT_TASKS})
+    controls = {"stereo-anti-a1": ["unrelated-a1", "shuffled-a1"], "unrelated-a1": []}  # shuffled-a1: no suite run
+    summary = suite.write_suite_report(tmp_path, list(accs), ["# t"], n_boot=200, seed=0, controls=controls)
+    pairs = [(d["variant"], d["reference"]) for d in summary["differences"]]
+    assert ("stereo-anti-a1", "unrelated-a1") in pairs and ("unrelated-a1", "stereo-anti-a1") not in pairs
+    assert not any(reference == "shuffled-a1" for _, reference in pairs)
+    assert len(pairs) == 3 + 2 + 1  # three variants minus FP, two minus GPTQ, one method minus its control
+    diff = next(d for d in summary["differences"] if d["reference"] == "unrelated-a1")
+    assert diff["piqa"]["value"] == pytest.approx(0.25 - 1.0)
+    assert "| stereo-anti-a1 | unrelated-a1 |" in (tmp_path / "suite.md").read_text()
+
+
 def test_variants_with_other_items_are_left_out_and_named(tmp_path):
     _write(tmp_path, "fp", {"piqa": _items([1, 0])})
     other = _items([1, 0])

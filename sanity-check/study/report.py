@@ -41,16 +41,23 @@ def mean_direction_fields(record: dict | None) -> dict:
             "mechanism_mean_direction_plugin": reported["plugin"]}
 
 
+def controls_of(method, variants) -> list:
+    """A method's controls among `variants`: the same term without the stereotype direction at the same alpha;
+    for an eraser, the same eraser fitted on other labels, on the same base model. [] for a control itself."""
+    if method.kind == "eraser" and method.mode in ERASER_FAMILIES:
+        return [c for c in variants if c.kind == "eraser" and c.base == method.base
+                and c.mode in ERASER_FAMILIES[method.mode]]
+    if method.mode in FAMILIES:
+        return [c for c in variants if c.mode in FAMILIES[method.mode] and c.alpha == method.alpha]
+    return []
+
+
 def _partners(method, state: dict) -> list:
     """What a method is compared with on the same items: its controls (same alpha; for an eraser, the same base
     model) and the model it started from (plain GPTQ; for an eraser, its base: FP or GPTQ)."""
     by_name = _by_name(state)
-    if method.kind == "eraser":
-        partners = [c for c in state["variants"] if c.kind == "eraser" and c.base == method.base
-                    and c.mode in ERASER_FAMILIES[method.mode]]
-        return partners + ([by_name[method.base]] if method.base in by_name else [])
-    partners = [c for c in state["variants"] if c.mode in FAMILIES[method.mode] and c.alpha == method.alpha]
-    return partners + ([by_name["gptq"]] if "gptq" in by_name else [])
+    start = method.base if method.kind == "eraser" else "gptq"
+    return controls_of(method, state["variants"]) + ([by_name[start]] if start in by_name else [])
 
 
 def _read(path: Path):

@@ -124,7 +124,7 @@ def variant_statistics(items: dict, idx: dict[str, np.ndarray]) -> dict[str, tup
     return stats
 
 
-def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+def summarize(suite: dict, n_boot: int = 1000, seed: int = 0, controls: dict | None = None) -> dict:
     doc_ids, excluded = same_items(suite)
     idx = resamples(doc_ids, n_boot, seed)
     stats = {name: variant_statistics(entry["items"], idx) for name, entry in suite.items() if name not in excluded}
@@ -143,7 +143,7 @@ def summarize(suite: dict, n_boot: int = 1000, seed: int = 0) -> dict:
     on_first_stage = {row["variant"]: row["first_stage_model"] for row in rows}
     first = next(iter(stats))
     baselines = {task: floor_rates(suite[first]["items"][task]) for task in doc_ids if task in CHANCE_TASKS}
-    return {"variants": rows, "differences": differences(stats, on_first_stage), "excluded": excluded,
+    return {"variants": rows, "differences": differences(stats, on_first_stage, controls), "excluded": excluded,
             "items": {task: {"n": len(ids), **suite[first]["data"].get("subsets", {}).get(task, {}),
                              **baselines.get(task, {})}
                       for task, ids in doc_ids.items()},
@@ -165,29 +165,36 @@ def floor_rates(items: dict) -> dict:
     return {"chance": float(np.mean([1 / c for c in choices])), "majority": majority}
 
 
-def differences(stats: dict, on_first_stage: dict | None = None) -> list[dict]:
-    """Each variant minus FP and minus plain GPTQ, paired (same items, same resamples); Δ|bias| for bias scores.
+def comparisons(names, controls: dict | None = None) -> list[tuple[str, str]]:
+    """(variant, reference) pairs: every variant minus FP and minus plain GPTQ, then each method minus each of its
+    controls (`controls`: {method: [control, ...]}, the study's families) where both have a suite run."""
+    names = list(names)
+    pairs = [(name, reference) for reference in (BASELINE, "gptq") if reference in names
+             for name in names if name not in (reference, BASELINE)]  # FP is every variant's reference
+    pairs += [(method, control) for method, own in (controls or {}).items() if method in names
+              for control in own if control in names]
+    return pairs
+
+
+def differences(stats: dict, on_first_stage: dict | None = None, controls: dict | None = None) -> list[dict]:
+    """Each comparison of `comparisons` paired (same items, same resamples); Δ|bias| for bias scores.
     `both_first_stage_model` is False when either side's suite ran on a re-quantization."""
     on_first_stage = on_first_stage or {}
     out = []
-    for reference in (BASELINE, "gptq"):
-        if reference not in stats:
-            continue
-        for name, values in stats.items():
-            if name == reference or name == BASELINE:  # FP is every variant's reference, never a method
+    for name, reference in comparisons(stats, controls):
+        values = stats[name]
+        sides = (on_first_stage.get(name), on_first_stage.get(reference))
+        entry = {"variant": name, "reference": reference,
+                 "both_first_stage_model": False if False in sides else (None if None in sides else True)}
+        for key, (value, resampled) in values.items():
+            if key not in stats[reference]:
                 continue
-            sides = (on_first_stage.get(name), on_first_stage.get(reference))
-            entry = {"variant": name, "reference": reference,
-                     "both_first_stage_model": False if False in sides else (None if None in sides else True)}
-            for key, (value, resampled) in values.items():
-                if key not in stats[reference]:
-                    continue
-                ref_value, ref_resampled = stats[reference][key]
-                entry[key] = {"value": value - ref_value, "ci": _ci(resampled - ref_resampled)}
-                if key.removeprefix("bbq_") in BIAS_STATS:
-                    entry[f"{key}_abs"] = {"value": abs(value) - abs(ref_value),
-                                           "ci": _ci(np.abs(resampled) - np.abs(ref_resampled))}
-            out.append(entry)
+            ref_value, ref_resampled = stats[reference][key]
+            entry[key] = {"value": value - ref_value, "ci": _ci(resampled - ref_resampled)}
+            if key.removeprefix("bbq_") in BIAS_STATS:
+                entry[f"{key}_abs"] = {"value": abs(value) - abs(ref_value),
+                                       "ci": _ci(np.abs(resampled) - np.abs(ref_resampled))}
+        out.append(entry)
     return out
 
 
@@ -273,8 +280,10 @@ def csv_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def write_suite_report(out: Path, names: list[str], header: list[str], n_boot: int = 1000, seed: int = 0) -> dict | None:
-    """suite.{json,csv,md} in `out` from the variants' suite runs; None (nothing written) when none has one."""
+def write_suite_report(out: Path, names: list[str], header: list[str], n_boot: int = 1000, seed: int = 0,
+                       controls: dict | None = None) -> dict | None:
+    """suite.{json,csv,md} in `out` from the variants' suite runs; None (nothing written) when none has one.
+    `controls`: {method: [its controls]}, compared pairwise besides FP and plain GPTQ."""
     import csv
 
     from evaluation.store import write_json_atomic
@@ -282,7 +291,7 @@ def write_suite_report(out: Path, names: list[str], header: list[str], n_boot: i
     suite = load_suite(out, names)
     if not suite:
         return None
-    summary = summarize(suite, n_boot, seed)
+    summary = summarize(suite, n_boot, seed, controls)
     write_json_atomic(out / "suite.json", {**summary, "header": header})
     rows = csv_rows(summary)
     fields = list(dict.fromkeys(k for row in rows for k in row))
