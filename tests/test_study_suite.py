@@ -109,3 +109,29 @@ def test_floor_rates_are_guessing_and_the_majority_answer():
     items = {"loglikelihoods": [[0, 0], [0, 0], [0, 0, 0, 0]], "target": [1, 1, 0]}
     rates = suite.floor_rates(items)
     assert rates["chance"] == pytest.approx((0.5 + 0.5 + 0.25) / 3) and rates["majority"] == pytest.approx(2 / 3)
+
+
+def _stat(value, n=5):
+    return (value, np.full(n, value))
+
+
+def test_matched_accuracy_interpolates_the_degradation_curve_by_hand():
+    stats = {"fp": {"piqa": _stat(0.8), "bbq_amb_bias_score": _stat(0.0)},
+             "gptq": {"piqa": _stat(0.6), "bbq_amb_bias_score": _stat(-0.2)},  # distance from 0: 0.2
+             "method": {"piqa": _stat(0.7), "bbq_amb_bias_score": _stat(-0.05)},
+             "worse": {"piqa": _stat(0.5), "bbq_amb_bias_score": _stat(0.3)}}
+    entries = {e["variant"]: e for e in suite.matched_accuracy(stats, ["fp", "gptq", "gptq-3bit"], "piqa")}
+    # the curve at accuracy 0.7 is halfway: |bias| 0.1; the method's |bias| 0.05
+    assert entries["method"]["curve_value"] == pytest.approx(0.1)
+    assert entries["method"]["value"] == pytest.approx(-0.05) and entries["method"]["ci"] == pytest.approx([-0.05, -0.05])
+    assert "value" not in entries["worse"] and "outside the curve's range" in entries["worse"]["note"]
+    assert suite.interpolate_along([0.6, 0.8], [0.2, 0.0], 0.65) == pytest.approx(0.15)
+    assert suite.interpolate_along([0.8, 0.6], [0.0, 0.2], 0.9) is None
+
+
+def test_matched_accuracy_refuses_a_curve_that_does_not_fall():
+    stats = {"fp": {"piqa": _stat(0.6), "bbq_amb_bias_score": _stat(0.0)},
+             "gptq": {"piqa": _stat(0.7), "bbq_amb_bias_score": _stat(0.1)},
+             "method": {"piqa": _stat(0.65), "bbq_amb_bias_score": _stat(0.0)}}
+    (entry,) = suite.matched_accuracy(stats, ["fp", "gptq"], "piqa")
+    assert entry["monotone"] is False and entry["curve_axis"] == [0.6, 0.7]

@@ -12,6 +12,9 @@ and `suite.md` beside the study's summary.
 - BBQ: lm-eval's own aggregates (lm_eval.tasks.bbq.utils) on the stored per-item tuples; bias scores lie in [-1, 1]
   with 0 the ideal, so Δ|bias| decides better/worse. BBQ here is the shared folder's partial file (6 of 11
   categories), and every BBQ figure says so.
+- Matched zero-shot accuracy: each variant's BBQ bias (distance from 0) and Winogender set against the
+  degradation curve (FP, plain GPTQ, no groups, 3 bits) interpolated at the variant's own PIQA accuracy and
+  five-task average, where that curve falls monotonically (matched_accuracy).
 - Intervals: 95 % percentile bootstrap over items, each task resampled on its own (seed + task position), the same
   resamples for every variant, so differences are paired.
 """
@@ -143,7 +146,9 @@ def summarize(suite: dict, n_boot: int = 1000, seed: int = 0, controls: dict | N
     on_first_stage = {row["variant"]: row["first_stage_model"] for row in rows}
     first = next(iter(stats))
     baselines = {task: floor_rates(suite[first]["items"][task]) for task in doc_ids if task in CHANCE_TASKS}
+    matched = [entry for axis in MATCHED_AXES for entry in matched_accuracy(stats, list(DEGRADATION_ORDER), axis)]
     return {"variants": rows, "differences": differences(stats, on_first_stage, controls), "excluded": excluded,
+            "matched_accuracy": matched,
             "items": {task: {"n": len(ids), **suite[first]["data"].get("subsets", {}).get(task, {}),
                              **baselines.get(task, {})}
                       for task, ids in doc_ids.items()},
@@ -195,6 +200,70 @@ def differences(stats: dict, on_first_stage: dict | None = None, controls: dict 
                 entry[f"{key}_abs"] = {"value": abs(value) - abs(ref_value),
                                        "ci": _ci(np.abs(resampled) - np.abs(ref_resampled))}
         out.append(entry)
+    return out
+
+
+# The second degradation axis: plain GPTQ made worse (no groups, fewer bits), ordered from FP by perplexity, as
+# the first stage's curve (study.plots.DEGRADATION); each other variant's bias is set against that curve at the
+# variant's own zero-shot accuracy (PIQA, the task with signal at this size, and the five-task average)
+DEGRADATION_ORDER = ("fp", "gptq", "gptq-g-1", "gptq-3bit")
+MATCHED_AXES = ("piqa", "zeroshot_avg")
+MATCHED_STATS = ("bbq_amb_bias_score", "bbq_disamb_bias_score", WINOGENDER)  # BBQ by distance from 0
+
+
+def interpolate_along(axis_values, values, at: float) -> float | None:
+    """Linear interpolation of `values` at `at` along a curve given by its `axis_values` (any order); None
+    outside the curve's range."""
+    axis_values = np.asarray(axis_values, dtype=np.float64)
+    order = np.argsort(axis_values, kind="stable")
+    x, y = axis_values[order], np.asarray(values, dtype=np.float64)[order]
+    if at < x[0] - 1e-12 or at > x[-1] + 1e-12:
+        return None
+    return float(np.interp(at, x, y))
+
+
+def _measure(stat: str, values):
+    return np.abs(values) if stat.startswith("bbq_") else values
+
+
+def matched_accuracy(stats: dict, curve: list[str], axis: str) -> list[dict]:
+    """Each variant off the curve: its statistic minus the curve's, interpolated at the variant's `axis` accuracy.
+
+    Bootstrap: the tasks' shared item resamples move the variant and every curve point together; resamples where
+    the variant falls outside the curve are dropped and counted. A curve whose accuracy does not fall
+    monotonically from FP towards the worst reference cannot be matched on: then one entry says so."""
+    points = [name for name in curve if name in stats and axis in stats[name]]
+    if len(points) < 2:
+        return []
+    levels = [stats[name][axis][0] for name in points]
+    if not all(a > b for a, b in zip(levels, levels[1:])):
+        return [{"axis": axis, "curve": points, "monotone": False, "curve_axis": levels}]
+    out = []
+    for name, values in stats.items():
+        if name in points or axis not in values:
+            continue
+        for stat in MATCHED_STATS:
+            if stat not in values or any(stat not in stats[p] for p in points):
+                continue
+            entry = {"axis": axis, "curve": points, "monotone": True, "variant": name, "stat": stat,
+                     "variant_axis": values[axis][0]}
+            curve_value = interpolate_along(levels, [_measure(stat, stats[p][stat][0]) for p in points],
+                                            values[axis][0])
+            if curve_value is None:
+                entry["note"] = (f"{axis} {100 * values[axis][0]:.1f} outside the curve's range "
+                                 f"[{100 * min(levels):.1f}, {100 * max(levels):.1f}]")
+                out.append(entry)
+                continue
+            resampled = values[stat][1]
+            diffs = np.full(resampled.shape[0], np.nan)
+            for r in range(resampled.shape[0]):
+                at = interpolate_along([stats[p][axis][1][r] for p in points],
+                                       [_measure(stat, stats[p][stat][1][r]) for p in points], values[axis][1][r])
+                if at is not None:
+                    diffs[r] = _measure(stat, resampled[r]) - at
+            entry.update(value=float(_measure(stat, values[stat][0]) - curve_value), ci=_ci(diffs),
+                         curve_value=curve_value, resamples_out_of_range=int(np.isnan(diffs).sum()))
+            out.append(entry)
     return out
 
 
@@ -257,6 +326,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         mark = marks[entry.get("both_first_stage_model")]
         lines.append(f"| {entry['variant']}{mark} | {entry['reference']} | "
                      + " | ".join(_cell(entry.get(c), 100.0, signed=True) for c in DIFF_COLUMNS) + " |")
+    lines += _matched_lines(summary.get("matched_accuracy", []))
     lines += ["", "## Items", "",
               "Chance = uniform guessing, majority = always the most frequent gold answer, on these items: a task "
               "where FP's accuracy is not above both carries no signal for retention.", "",
@@ -266,6 +336,43 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         lines.append(f"| {task} | {info['n']} | {info.get('of', '–')} | {' | '.join(floors)} | "
                      f"`{info.get('indices_sha256', '–')[:16]}` |")
     return "\n".join(lines) + "\n"
+
+
+def _matched_lines(matched: list[dict]) -> list[str]:
+    if not matched:
+        return []
+    curve = next(iter(matched))["curve"]
+    lines = ["", "## At matched zero-shot accuracy", "",
+             f"Each variant's bias minus the degradation curve ({', '.join(curve)}: plain GPTQ made worse) interpolated "
+             "linearly at the variant's own accuracy, a second degradation axis beside the first stage's perplexity. "
+             "BBQ bias scores by their distance from 0 (negative = less biased than plain degradation at that "
+             "accuracy), Winogender accuracy signed. Bootstrap over the shared item resamples; `*` = the interval "
+             "excludes 0.", ""]
+    for entry in (e for e in matched if not e["monotone"]):
+        lines += [f"- {entry['axis']}: the curve's accuracy does not fall monotonically from FP "
+                  f"({', '.join(f'{100 * v:.1f}' for v in entry['curve_axis'])}): no matched comparison.", ""]
+    rows = {}
+    for entry in (e for e in matched if e["monotone"]):
+        rows.setdefault((entry["variant"], entry["axis"]), {"at": entry["variant_axis"]})[entry["stat"]] = entry
+    if not rows:
+        return lines
+    stats = MATCHED_STATS
+    lines += ["| variant | axis | its accuracy | " + " | ".join(f"Δ {s}" for s in stats) + " |",
+              "|---" * (len(stats) + 3) + "|"]
+    for (variant, axis), cells in rows.items():
+        shown = []
+        for stat in stats:
+            entry = cells.get(stat)
+            if entry is None:
+                shown.append("–")
+            elif "note" in entry:
+                shown.append("outside the curve")
+            else:
+                excluded = entry["ci"][0] > 0 or entry["ci"][1] < 0
+                shown.append(f"{100 * entry['value']:+.2f} [{100 * entry['ci'][0]:.2f}, {100 * entry['ci'][1]:.2f}]"
+                             + (" *" if excluded else ""))
+        lines.append(f"| {variant} | {axis} | {100 * cells['at']:.1f} | " + " | ".join(shown) + " |")
+    return lines
 
 
 def csv_rows(summary: dict) -> list[dict]:
