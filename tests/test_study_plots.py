@@ -51,3 +51,22 @@ def test_zoom_range_from_plain_gptq_only_when_points_lie_beyond():
     assert study_plots._zoom_range({"fp": _row("fp", 20.0), "a": _row("a", 900.0)}) is None  # no GPTQ to zoom on
     sparse = {n: _row(n, p) for n, p in [("fp", 20.0), ("gptq", 40.0), ("a", 60.0), ("c", 45.0), ("b", 500.0)]}
     assert study_plots._zoom_range(sparse) is None  # two points near GPTQ (FP is below the range) need no panel
+
+
+def _suite_row(name, piqa, amb):
+    cell = lambda v: {"value": v, "ci": [v - 0.02, v + 0.02]}  # noqa: E731
+    return {"variant": name, "piqa": cell(piqa), "bbq_accuracy_amb": cell(amb), "bbq_amb_bias_score": cell(0.01),
+            "bbq_disamb_bias_score": cell(-0.02), "winogender_all": cell(0.5)}
+
+
+def test_suite_plot_is_written_with_every_variant(tmp_path):
+    from study import plots
+
+    summary = {"variants": [_suite_row("fp", 0.65, 0.2), _suite_row("gptq", 0.62, 0.36),
+                            _suite_row("stereo-anti-a1", 0.58, 0.9), _suite_row("inlp-fp", 0.64, 0.25)]}
+    assert plots.write_suite_plot(summary, tmp_path) == "suite_vs_piqa.png"
+    assert (tmp_path / "suite_vs_piqa.png").stat().st_size > 10_000
+    assert plots.write_suite_plot({"variants": summary["variants"][:1]}, tmp_path / "none") is None
+    assert plots._curve_of("stereo-anti-a0.3") == ("stereo-anti", "0.3")
+    assert plots._curve_of("direction-sign-shuffled-a1") == ("direction-sign-shuffled", "1")
+    assert plots._curve_of("inlp-fp") == (None, None) and plots._curve_of("gptq-3bit") == (None, None)

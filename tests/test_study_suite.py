@@ -120,7 +120,9 @@ def test_matched_accuracy_interpolates_the_degradation_curve_by_hand():
              "gptq": {"piqa": _stat(0.6), "bbq_amb_bias_score": _stat(-0.2)},  # distance from 0: 0.2
              "method": {"piqa": _stat(0.7), "bbq_amb_bias_score": _stat(-0.05)},
              "worse": {"piqa": _stat(0.5), "bbq_amb_bias_score": _stat(0.3)}}
-    entries = {e["variant"]: e for e in suite.matched_accuracy(stats, ["fp", "gptq", "gptq-3bit"], "piqa")}
+    matched = suite.matched_accuracy(stats, ["fp", "gptq", "gptq-3bit"], "piqa")
+    assert matched[0] == {"axis": "piqa", "curve": ["fp", "gptq"], "monotone": True, "curve_axis": [0.8, 0.6]}
+    entries = {e["variant"]: e for e in matched[1:]}
     # the curve at accuracy 0.7 is halfway: |bias| 0.1; the method's |bias| 0.05
     assert entries["method"]["curve_value"] == pytest.approx(0.1)
     assert entries["method"]["value"] == pytest.approx(-0.05) and entries["method"]["ci"] == pytest.approx([-0.05, -0.05])
@@ -129,9 +131,10 @@ def test_matched_accuracy_interpolates_the_degradation_curve_by_hand():
     assert suite.interpolate_along([0.8, 0.6], [0.0, 0.2], 0.9) is None
 
 
-def test_matched_accuracy_refuses_a_curve_that_does_not_fall():
+def test_matched_accuracy_orders_a_curve_that_does_not_fall_by_accuracy():
     stats = {"fp": {"piqa": _stat(0.6), "bbq_amb_bias_score": _stat(0.0)},
              "gptq": {"piqa": _stat(0.7), "bbq_amb_bias_score": _stat(0.1)},
              "method": {"piqa": _stat(0.65), "bbq_amb_bias_score": _stat(0.0)}}
-    (entry,) = suite.matched_accuracy(stats, ["fp", "gptq"], "piqa")
-    assert entry["monotone"] is False and entry["curve_axis"] == [0.6, 0.7]
+    curve, entry = suite.matched_accuracy(stats, ["fp", "gptq"], "piqa")
+    assert curve["monotone"] is False and curve["curve_axis"] == [0.6, 0.7]
+    assert entry["monotone"] is False and entry["value"] == pytest.approx(-0.05)  # curve at 0.65: |0.05|

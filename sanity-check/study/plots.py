@@ -184,3 +184,85 @@ def write_plots(summary: dict, out: Path, title_prefix: str = "") -> list[str]:
         plt.close(fig)
         names.append(name)
     return names
+
+
+SUITE_PANELS = (("bbq_accuracy_amb", "BBQ accuracy, ambiguous items (%)"),
+                ("bbq_amb_bias_score", "BBQ bias score, ambiguous (× 100; ideal 0)"),
+                ("bbq_disamb_bias_score", "BBQ bias score, disambiguated (× 100; ideal 0)"),
+                ("winogender_all", "Winogender accuracy (%)"))
+
+
+def _curve_of(name: str) -> tuple[str | None, str | None]:
+    """(mode, alpha) of a curve variant's name (`stereo-anti-a0.3`), (None, None) for any other."""
+    head, sep, alpha = name.rpartition("-a")
+    return (head, alpha) if sep and head in CURVE_STYLE and alpha.replace(".", "", 1).isdigit() else (None, None)
+
+
+def write_suite_plot(summary: dict, out: Path, axis: str = "piqa", title_prefix: str = "") -> str | None:
+    """suite_vs_piqa.png: the suite's bias measures against zero-shot accuracy on `axis`, the second degradation
+    axis; every variant with its 95 % intervals on both axes, the degradation references joined in their order
+    from FP. None (nothing written) without two variants or without any of the panels' measures."""
+    rows = {r["variant"]: r for r in summary["variants"] if axis in r}
+    if len(rows) < 2 or not any(key in r for r in rows.values() for key, _ in SUITE_PANELS):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def bars(name, key):
+        value, (low, high) = 100 * rows[name][key]["value"], rows[name][key]["ci"]
+        return value, [[max(value - 100 * low, 0.0)], [max(100 * high - value, 0.0)]]
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 11))
+    degradation = [n for n in DEGRADATION if n in rows]
+    all_labels = []
+    for ax, (key, label) in zip(axes.flat, SUITE_PANELS):
+        present = [n for n in rows if key in rows[n]]
+        all_labels.append([])
+        if not present:
+            ax.set_axis_off()
+            ax.set_title(f"{label}: not measured")
+            continue
+        curve = [n for n in degradation if n in present]
+        if len(curve) >= 2:
+            ax.plot([100 * rows[n][axis]["value"] for n in curve],
+                    [100 * rows[n][key]["value"] for n in curve], color="grey", ls="--", lw=1,
+                    label="degradation (no pair term)")
+        labels = []
+        for name in present:
+            x, xerr = bars(name, axis)
+            y, yerr = bars(name, key)
+            reference = next((r for r in REFERENCE_STYLE if r[0] == name), None)
+            mode, alpha = _curve_of(name)
+            if reference is not None:
+                ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color="black", marker=reference[1], markersize=9,
+                            capsize=3, ls="none", label=reference[2])
+            elif mode is not None:
+                color, marker = CURVE_STYLE[mode]
+                ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color=color, marker=marker, capsize=3, ls="none",
+                            label=mode)
+                labels.append((x, y, f"α={alpha}", color))
+            else:  # an eraser or another variant: grey, named
+                ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color="0.4", marker="o", capsize=3, ls="none")
+                labels.append((x, y, name, "0.3"))
+        if key.endswith("bias_score"):
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"{axis} accuracy (%), 95 % CI")
+        ax.set_ylabel(label)
+        ax.invert_xaxis()  # degradation runs to the right, as perplexity does in the first stage's plots
+        all_labels[-1] = labels
+    legend = {}
+    for ax in axes.flat:  # one legend for the four panels
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 4), fontsize=9)
+    fig.suptitle(f"{title_prefix}the offline lm-eval suite against {axis} accuracy (lower accuracy to the right)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    for ax, labels in zip(axes.flat, all_labels):
+        if labels:
+            place_labels(ax, labels, fontsize=9)
+    name = f"suite_vs_{axis}.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name

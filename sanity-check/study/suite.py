@@ -14,7 +14,7 @@ and `suite.md` beside the study's summary.
   categories), and every BBQ figure says so.
 - Matched zero-shot accuracy: each variant's BBQ bias (distance from 0) and Winogender set against the
   degradation curve (FP, plain GPTQ, no groups, 3 bits) interpolated at the variant's own PIQA accuracy and
-  five-task average, where that curve falls monotonically (matched_accuracy).
+  five-task average, the curve's points taken in order of accuracy (matched_accuracy).
 - Intervals: 95 % percentile bootstrap over items, each task resampled on its own (seed + task position), the same
   resamples for every variant, so differences are paired.
 """
@@ -229,23 +229,23 @@ def _measure(stat: str, values):
 def matched_accuracy(stats: dict, curve: list[str], axis: str) -> list[dict]:
     """Each variant off the curve: its statistic minus the curve's, interpolated at the variant's `axis` accuracy.
 
+    The curve is its points ordered by accuracy (`monotone` says whether that is also their order from FP to
+    the worst reference; where it is not, neighbouring references lie within noise of each other on this axis).
     Bootstrap: the tasks' shared item resamples move the variant and every curve point together; resamples where
-    the variant falls outside the curve are dropped and counted. A curve whose accuracy does not fall
-    monotonically from FP towards the worst reference cannot be matched on: then one entry says so."""
+    the variant falls outside the curve are dropped and counted."""
     points = [name for name in curve if name in stats and axis in stats[name]]
     if len(points) < 2:
         return []
     levels = [stats[name][axis][0] for name in points]
-    if not all(a > b for a, b in zip(levels, levels[1:])):
-        return [{"axis": axis, "curve": points, "monotone": False, "curve_axis": levels}]
-    out = []
+    monotone = all(a > b for a, b in zip(levels, levels[1:]))
+    out = [{"axis": axis, "curve": points, "monotone": monotone, "curve_axis": levels}]
     for name, values in stats.items():
         if name in points or axis not in values:
             continue
         for stat in MATCHED_STATS:
             if stat not in values or any(stat not in stats[p] for p in points):
                 continue
-            entry = {"axis": axis, "curve": points, "monotone": True, "variant": name, "stat": stat,
+            entry = {"axis": axis, "curve": points, "monotone": monotone, "variant": name, "stat": stat,
                      "variant_axis": values[axis][0]}
             curve_value = interpolate_along(levels, [_measure(stat, stats[p][stat][0]) for p in points],
                                             values[axis][0])
@@ -348,11 +348,14 @@ def _matched_lines(matched: list[dict]) -> list[str]:
              "BBQ bias scores by their distance from 0 (negative = less biased than plain degradation at that "
              "accuracy), Winogender accuracy signed. Bootstrap over the shared item resamples; `*` = the interval "
              "excludes 0.", ""]
-    for entry in (e for e in matched if not e["monotone"]):
-        lines += [f"- {entry['axis']}: the curve's accuracy does not fall monotonically from FP "
-                  f"({', '.join(f'{100 * v:.1f}' for v in entry['curve_axis'])}): no matched comparison.", ""]
+    for entry in (e for e in matched if "variant" not in e):
+        order = "falls from FP to the worst reference" if entry["monotone"] else (
+            "does not fall monotonically from FP: references within noise of each other on this axis")
+        lines.append(f"- {entry['axis']} along the curve: {', '.join(f'{100 * v:.1f}' for v in entry['curve_axis'])} "
+                     f"({order}); the curve is interpolated in order of accuracy.")
+    lines.append("")
     rows = {}
-    for entry in (e for e in matched if e["monotone"]):
+    for entry in (e for e in matched if "variant" in e):
         rows.setdefault((entry["variant"], entry["axis"]), {"at": entry["variant_axis"]})[entry["stat"]] = entry
     if not rows:
         return lines
@@ -408,6 +411,9 @@ def write_suite_report(out: Path, names: list[str], header: list[str], n_boot: i
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out / "suite.csv")
+    from study.plots import write_suite_plot
+
+    write_suite_plot(summary, out)
     tmp = out / "suite.md.tmp"
     tmp.write_text(render_markdown(summary, header))
     tmp.replace(out / "suite.md")
