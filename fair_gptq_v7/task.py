@@ -52,6 +52,16 @@ from .pairs import pair_differences, pair_sums_and_differences
 log = setup_logger()
 
 
+def _add_gram(partials: dict, device: torch.device, rows: torch.Tensor) -> None:
+    """partials[device] += rowsᵀ rows. The GEMM adds in place and the caller holds the lock: threads feeding one
+    device share its partial."""
+    partial = partials.get(device)
+    if partial is None:
+        partials[device] = rows.t().matmul(rows)
+    else:
+        partial.addmm_(rows.t(), rows)
+
+
 class FairGPTQ(GPTQ):
     FAIR_GPTQ = True  # the marker FairGPTQConfig checks before a Fair run
 
@@ -109,18 +119,9 @@ class FairGPTQ(GPTQ):
                     raise RuntimeError(f"Fair-GPTQ: module `{self.full_name}` saw calibration batch {batch_index} "
                                        f"twice; its pairs would be counted twice.")
                 self._fair_batches.add(batch_index)
-            partial = self._fair_partials.get(device)
-            # the GEMM adds into the sum in place, under the lock: threads feeding one device share its partial
-            if partial is None:
-                self._fair_partials[device] = deltas.t().matmul(deltas)
-            else:
-                partial.addmm_(deltas.t(), deltas)
+            _add_gram(self._fair_partials, device, deltas)
             if sums is not None:
-                partial = self._fair_sum_partials.get(device)
-                if partial is None:
-                    self._fair_sum_partials[device] = sums.t().matmul(sums)
-                else:
-                    partial.addmm_(sums.t(), sums)
+                _add_gram(self._fair_sum_partials, device, sums)
                 self._fair_sum_rows += rows
             self.n_pairs += pairs
 
