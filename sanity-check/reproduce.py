@@ -227,13 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantize into --models-dir and print the perplexity on 4 windows (nothing committed)")
     p.add_argument("--models-dir", default=None,
                    help="study: where quantized models go (default outputs/study-models/<model>; never committed)")
-    p.add_argument("--alphas", default=None, help="study: comma-separated alpha grid (default 0.1,0.3,1,3; quick 1)")
+    p.add_argument("--alphas", default=None, help="study: comma-separated alpha grid (default 0.1,0.3,1,3; gemma3-270m "
+                                                         "0.3,1,3; quick 1)")
     p.add_argument("--modes", default=None,
-                   help="study: calibration modes (default stereo-anti,shuffled,unrelated,stereo-anti-eq; also "
+                   help="study: calibration modes (default stereo-anti,shuffled,unrelated,stereo-anti-eq; "
+                        "gemma3-270m without stereo-anti-eq; also "
                         "direction,direction-random,direction-sign-shuffled,direction-unrelated: the direction term "
                         "and its controls)")
     p.add_argument("--references", default=None,
-                   help="study: plain-GPTQ references (default gptq,gptq-3bit,gptq-g-1; '' = none)")
+                   help="study: plain-GPTQ references (default gptq,gptq-3bit,gptq-g-1; gemma3-270m "
+                        "gptq,gptq-g-1,gptq-3bit; '' = none)")
     p.add_argument("--erasers", default=None,
                    help="study: debiasing baselines to add (inlp,leace): each fitted on the calib pairs of the "
                         "study's draw and applied to --eraser-bases, with its controls (fitted on unrelated pairs, "
@@ -280,6 +283,9 @@ def study_main(args, argv: list[str]) -> int:
     def listed(text):
         return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
+    for option, value in ({} if args.quick else study_jobs.MODEL_GRIDS.get(args.model, {})).items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     try:
         variants = study_jobs.study_variants(args.quick, alphas=[float(a) for a in listed(args.alphas) or []],
                                              modes=listed(args.modes), references=listed(args.references))

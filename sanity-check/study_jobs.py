@@ -41,6 +41,10 @@ STUDY_MODES = {
     "direction-unrelated": ("unrelated", "position", ("--fair-target", "direction")),
 }
 DEFAULT_MODES = ("stereo-anti", "shuffled", "unrelated", "stereo-anti-eq")
+# a model's own default grid where its jobs cost more than SmolLM2's (Gemma 3 270M: 32-42 min a job on 2 cores):
+# the modes, alphas and references its committed study ran; options given on the command line win
+MODEL_GRIDS = {"gemma3-270m": {"modes": "stereo-anti,shuffled,unrelated", "alphas": "0.3,1,3",
+                               "references": "gptq,gptq-g-1,gptq-3bit"}}
 JOB_FORMAT = "fair_gptq.study.job/1"
 TASKS = ("crows_pairs", "stereoset", "wikitext2")
 

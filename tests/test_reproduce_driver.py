@@ -70,6 +70,21 @@ def test_study_flags_are_refused_outside_the_study(capsys):
     assert "not a study variant" in capsys.readouterr().err
 
 
+def test_gemma_has_its_own_default_grid_and_the_command_line_wins(capsys):
+    assert reproduce.main(["--model", "gemma3-270m", "--out", "r", "--list-jobs"]) == 0
+    names = [line.split("--only ")[1] for line in capsys.readouterr().out.strip().splitlines()]
+    # the committed Gemma study's grid: three references, three modes at alpha 0.3, 1, 3 (no stereo-anti-eq)
+    assert names[:4] == ["fp", "gptq", "gptq-g-1", "gptq-3bit"] and len(names) == 4 + 9
+    assert {n.rsplit("-a", 1)[1] for n in names[4:]} == {"0.3", "1", "3"}
+    assert not any(n.startswith("stereo-anti-eq") for n in names)
+    assert reproduce.main(["--model", "gemma3-270m", "--out", "r", "--list-jobs", "--alphas", "1",
+                           "--references", ""]) == 0
+    names = [line.split("--only ")[1] for line in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["fp", "stereo-anti-a1", "shuffled-a1", "unrelated-a1"]
+    assert reproduce.main(["--out", "r", "--list-jobs"]) == 0  # SmolLM2 keeps the full grid
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4 + 16
+
+
 def test_the_report_names_the_command_of_the_whole_study_not_of_one_job():
     import study_jobs
 

@@ -127,6 +127,12 @@ def test_matched_accuracy_interpolates_the_degradation_curve_by_hand():
     assert entries["method"]["curve_value"] == pytest.approx(0.1)
     assert entries["method"]["value"] == pytest.approx(-0.05) and entries["method"]["ci"] == pytest.approx([-0.05, -0.05])
     assert "value" not in entries["worse"] and "outside the curve's range" in entries["worse"]["note"]
+    # beyond the worst end (gptq, 0.6) by 0.1, on every resample alike
+    assert entries["worse"]["nearest_end"] == "gptq"
+    assert entries["worse"]["axis_minus_nearest_end"]["value"] == pytest.approx(-0.1)
+    assert entries["worse"]["axis_minus_nearest_end"]["ci"] == pytest.approx([-0.1, -0.1])
+    lines = "\n".join(suite._matched_lines(matched))
+    assert "-10.00 [-10.00, -10.00] * (gptq)" in lines
     assert suite.interpolate_along([0.6, 0.8], [0.2, 0.0], 0.65) == pytest.approx(0.15)
     assert suite.interpolate_along([0.8, 0.6], [0.0, 0.2], 0.9) is None
 

@@ -250,8 +250,13 @@ def matched_accuracy(stats: dict, curve: list[str], axis: str) -> list[dict]:
             curve_value = interpolate_along(levels, [_measure(stat, stats[p][stat][0]) for p in points],
                                             values[axis][0])
             if curve_value is None:
+                # beyond an end of the curve: how far beyond (or within noise of) that end, paired
+                nearest = min(points, key=lambda p: abs(stats[p][axis][0] - values[axis][0]))
                 entry["note"] = (f"{axis} {100 * values[axis][0]:.1f} outside the curve's range "
                                  f"[{100 * min(levels):.1f}, {100 * max(levels):.1f}]")
+                entry["nearest_end"] = nearest
+                entry["axis_minus_nearest_end"] = {"value": values[axis][0] - stats[nearest][axis][0],
+                                                   "ci": _ci(values[axis][1] - stats[nearest][axis][1])}
                 out.append(entry)
                 continue
             resampled = values[stat][1]
@@ -360,9 +365,15 @@ def _matched_lines(matched: list[dict]) -> list[str]:
     if not rows:
         return lines
     stats = MATCHED_STATS
-    lines += ["| variant | axis | its accuracy | " + " | ".join(f"Δ {s}" for s in stats) + " |",
-              "|---" * (len(stats) + 3) + "|"]
+    lines += ["| variant | axis | its accuracy | " + " | ".join(f"Δ {s}" for s in stats)
+              + " | resamples dropped (outside the curve) | outside: its accuracy minus the nearest end |",
+              "|---" * (len(stats) + 5) + "|"]
     for (variant, axis), cells in rows.items():
+        entries = [cells[s] for s in stats if s in cells]
+        dropped = sorted({e["resamples_out_of_range"] for e in entries if "resamples_out_of_range" in e})
+        beyond = next((e for e in entries if "axis_minus_nearest_end" in e), None)
+        beyond_cell = "–" if beyond is None else \
+            f"{_cell(beyond['axis_minus_nearest_end'], 100.0, signed=True)} ({beyond['nearest_end']})"
         shown = []
         for stat in stats:
             entry = cells.get(stat)
@@ -374,7 +385,8 @@ def _matched_lines(matched: list[dict]) -> list[str]:
                 excluded = entry["ci"][0] > 0 or entry["ci"][1] < 0
                 shown.append(f"{100 * entry['value']:+.2f} [{100 * entry['ci'][0]:.2f}, {100 * entry['ci'][1]:.2f}]"
                              + (" *" if excluded else ""))
-        lines.append(f"| {variant} | {axis} | {100 * cells['at']:.1f} | " + " | ".join(shown) + " |")
+        lines.append(f"| {variant} | {axis} | {100 * cells['at']:.1f} | " + " | ".join(shown)
+                     + f" | {', '.join(map(str, dropped)) or '–'} | {beyond_cell} |")
     return lines
 
 
