@@ -1,11 +1,13 @@
 """The key comparison over calibration draws: method minus control at one alpha, per draw and pooled with the draw
 in the interval (study/draws.py says how).
 
-Each draw is a study folder whose first-stage jobs ran with its own `--seed` (the seed draws the 256 calibration
-pairs; the split and the evaluation items do not change), e.g. for seed 1:
+Each draw is a study folder whose first-stage jobs of both variants ran with its own `--seed` (the seed draws the
+256 calibration pairs and any seeded shuffling of them; the split and the evaluation items do not change), e.g.
+for seed 1:
 
     .venv/bin/python sanity-check/reproduce.py --out results/smollm2/draws/seed1 --seed 1 \\
         --models-dir outputs/study-models/smollm2-135m-seed1 --only stereo-anti-a1
+    (the same with --only unrelated-a1)
 
 and then this report over the study (seed 0) and the extra draws:
 
@@ -28,6 +30,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(Path(__file__).resolve().parent)]
 
 from evaluation.store import load_runs, write_json_atomic  # noqa: E402
+from fair_gptq.cache import write_bytes_atomically  # noqa: E402
 from study import draws  # noqa: E402
 
 TASKS = ("crows_pairs", "stereoset", "wikitext2")
@@ -39,10 +42,11 @@ class UsageError(ValueError):
     pass
 
 
-def _job(folder: Path, variant: str) -> dict:
-    path = folder / "runs" / variant / "job.json"
+def _stored(folder: Path, variant: str, name: str) -> dict:
+    path = folder / "runs" / variant / name
     if not path.is_file():
-        raise UsageError(f"{path}: no first-stage job for {variant} in this draw (run it with reproduce.py --only)")
+        raise UsageError(f"{path}: missing; {variant} needs a quantized first-stage job in this draw "
+                         f"(reproduce.py --only {variant})")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -51,11 +55,13 @@ def load_draw(folder: Path, method: str, control: str) -> dict:
     runs = load_runs(folder)["runs"]
     draw = {"folder": folder, "runs": {}, "jobs": {}, "pairs_sha256": {}}
     for variant in (method, control):
-        job = _job(folder, variant)
+        job = _stored(folder, variant, "job.json")
+        if "seed" not in job.get("settings", {}) or "variant" not in job:
+            raise UsageError(f"{folder}/runs/{variant}/job.json records no seed or variant: not a study job")
         missing = [t for t in TASKS if t not in runs.get(variant, {})]
         if missing:
             raise UsageError(f"{folder}/runs/{variant}: missing {', '.join(missing)}")
-        quantization = json.loads((folder / "runs" / variant / "quantization.json").read_text(encoding="utf-8"))
+        quantization = _stored(folder, variant, "quantization.json")
         draw["runs"][variant] = runs[variant]
         draw["jobs"][variant] = job
         draw["pairs_sha256"][variant] = quantization.get("calibration", {}).get("sha256")
@@ -63,22 +69,27 @@ def load_draw(folder: Path, method: str, control: str) -> dict:
 
 
 def check_draws(loaded: list[dict], method: str) -> list[int]:
-    """The draws differ in their seed only (same model, pairs count, windows, items), and no seed twice."""
-    seeds, reference = [], None
+    """The draws differ in their seed only: each variant has the same settings (model, pairs count, windows,
+    items) and the same variant record (mode, alpha, bits, ...) in every draw, both variants of a draw share its
+    seed, no seed comes twice, and the seed did change the calibration pairs."""
+    seeds, reference = [], {}
     for draw in loaded:
-        settings = dict(draw["jobs"][method]["settings"])
-        seeds.append(settings.pop("seed"))
+        seeds.append(draw["jobs"][method]["settings"]["seed"])
         for variant, job in draw["jobs"].items():
-            other = dict(job["settings"])
-            if other.pop("seed") != seeds[-1]:
+            settings = {k: v for k, v in job["settings"].items() if k != "seed"}
+            if job["settings"]["seed"] != seeds[-1]:
                 raise UsageError(f"{draw['folder']}: {variant} ran with another seed than {method}")
-        if reference is None:
-            reference = settings
-        elif settings != reference:
-            raise UsageError(f"{draw['folder']}: settings {settings} differ from the first draw's {reference} "
-                             "beyond the seed")
+            first = reference.setdefault(variant, (settings, job["variant"]))
+            if (settings, job["variant"]) != first:
+                raise UsageError(f"{draw['folder']}: {variant}'s settings or variant record differ from the first "
+                                 f"draw's beyond the seed ({settings}, {job['variant']} against {first[0]}, {first[1]})")
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"two draws share a seed ({seeds}): they are one draw, not two")
+    for variant in loaded[0]["pairs_sha256"]:
+        shas = [draw["pairs_sha256"][variant] for draw in loaded]
+        if len(set(shas)) != len(shas):
+            raise UsageError(f"{variant}: two draws calibrated on the same pairs (sha256 {shas}): the seed did not "
+                             "draw other pairs")
     return seeds
 
 
@@ -108,8 +119,11 @@ def render_markdown(report: dict, header: list[str]) -> str:
         lines.append(f"| {label} | {_fmt(e)} | {', '.join(f'{v:+.2f}' for v in e['per_draw'])} | {sd} | "
                      f"{e['se_items']:.2f} | {e['se_draws']:.2f} | {e['df']:.1f} |")
     ratio = report["pooled"]["ppl_ratio"]
-    lines += [f"| WikiText-2 perplexity, method / control | {ratio['ratio']:.3f} [{ratio['ci'][0]:.3f}, "
-              f"{ratio['ci'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in ratio['per_draw'])} | | | | {ratio['df']:.1f} |",
+    log = ratio["log_scale"]
+    log_sd = "–" if log["sd_between_draws"] is None else f"{log['sd_between_draws']:.4f}"
+    lines += [f"| WikiText-2 perplexity, method / control (SD and SEs of the log ratio) | {ratio['ratio']:.3f} "
+              f"[{ratio['ci'][0]:.3f}, {ratio['ci'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in ratio['per_draw'])} | "
+              f"{log_sd} | {log['se_items']:.4f} | {log['se_draws']:.4f} | {ratio['df']:.1f} |",
               "", "Interval: mean ± t·√(SE items² + SE draws²), Welch–Satterthwaite df (sanity-check/study/draws.py). "
               "A distance difference below 0 means the method is closer to 50 (the ideal) than its control.", ""]
     return "\n".join(lines)
@@ -125,8 +139,9 @@ def csv_text(report: dict) -> str:
         writer.writerow([metric, e["diff"], *e["ci"], e["k"], json.dumps(e["per_draw"]), e["sd_between_draws"],
                          e["se_items"], e["se_draws"], e["df"]])
     ratio = report["pooled"]["ppl_ratio"]
-    writer.writerow(["ppl_ratio", ratio["ratio"], *ratio["ci"], ratio["k"], json.dumps(ratio["per_draw"]), "", "", "",
-                     ratio["df"]])
+    log = ratio["log_scale"]  # the spread columns on the log scale, where the ratio is pooled
+    writer.writerow(["ppl_ratio", ratio["ratio"], *ratio["ci"], ratio["k"], json.dumps(ratio["per_draw"]),
+                     log["sd_between_draws"], log["se_items"], log["se_draws"], ratio["df"]])
     return buffer.getvalue()
 
 
@@ -134,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--draw", action="append", required=True, metavar="FOLDER",
-                   help="a study folder of one draw (repeat; at least two)")
+                   help="a study folder of one draw (repeat; at least two; with two the draws' part has 1 df, "
+                        "t = 12.7)")
     p.add_argument("--method", default="stereo-anti-a1")
     p.add_argument("--control", default="unrelated-a1")
     p.add_argument("--out", required=True)
@@ -148,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(args.draw) < 2:
             raise UsageError("give at least two --draw folders: one draw has no draw-to-draw spread")
+        if args.bootstrap < 100:
+            raise UsageError(f"--bootstrap {args.bootstrap}: at least 100 resamples for an item variance")
         loaded = [load_draw(Path(folder), args.method, args.control) for folder in args.draw]
         seeds = check_draws(loaded, args.method)
     except UsageError as error:
@@ -169,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "draws.json", report)
-    (out / "draws.csv").write_text(csv_text(report), encoding="utf-8")
-    (out / "draws.md").write_text(render_markdown(report, header), encoding="utf-8")
+    write_bytes_atomically(out / "draws.csv", csv_text(report).encode("utf-8"))
+    write_bytes_atomically(out / "draws.md", render_markdown(report, header).encode("utf-8"))
     print(render_markdown(report, header))
     return 0
 

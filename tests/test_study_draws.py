@@ -73,6 +73,23 @@ def test_both_sources_combine_with_satterthwaite_df():
     assert combined["per_draw"] == [0.0, 3.0]
 
 
+def test_draws_on_independent_item_noise_average_it():
+    """Item resamples that move the two draws independently: the variance of their mean is half of each one's
+    (a sum of per-draw variances without the 1/k would give 4/3, a perfect-correlation formula the same)."""
+    full = np.array([0.0, 0.0])
+    resampled = np.array([[1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]])  # means 1, 0, 0, -1: variance 2/3
+    combined = draws.combine_draws(full, resampled)
+    assert combined["se_items"] == pytest.approx(math.sqrt(2 / 3))
+    assert combined["ci"] == pytest.approx([-Z_975 * math.sqrt(2 / 3), Z_975 * math.sqrt(2 / 3)])
+
+
+def test_every_draw_sees_the_same_item_resamples():
+    same = (variant([1, 1, 0, 0], [1, 0, 1, 0], [10, 12]), variant([1, 0, 0, 0], [1, 1, 0, 0], [11, 12]))
+    for metric in draws.DRAW_METRICS:
+        _, resampled = draws.draw_differences([same, same], metric, 30, 3)
+        assert (resampled[0] == resampled[1]).all(), metric
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="draws"):
         draws.combine_draws(np.zeros(3), np.zeros((2, 10)))
@@ -104,25 +121,30 @@ def test_draws_on_different_items_are_refused():
         draws.draw_differences(pairs, "crows", 10, 0)
 
 
-def _store(folder, name, runs, seed, pairs_sha="p"):
+def _store(folder, name, runs, seed, pairs_sha="p", pairs=256, job_seed=None, quantization=True):
     run_dir = folder / "runs" / name
     run_dir.mkdir(parents=True)
     for task, run in runs.items():
         (run_dir / f"{task}.json").write_text(json.dumps({"format": "fair_gptq.evaluation.run/1", "task": task,
                                                           **run}))
-    (run_dir / "job.json").write_text(json.dumps({"settings": {"model": "m", "pairs": 256, "seed": seed}}))
-    (run_dir / "quantization.json").write_text(json.dumps({"calibration": {"sha256": f"{pairs_sha}{seed}"}}))
+    job_seed = seed if job_seed is None else job_seed
+    (run_dir / "job.json").write_text(json.dumps({"variant": {"name": name, "alpha": 1.0},
+                                                  "settings": {"model": "m", "pairs": pairs, "seed": job_seed}}))
+    if quantization:
+        (run_dir / "quantization.json").write_text(json.dumps({"calibration": {"sha256": f"{pairs_sha}{seed}"}}))
+
+
+def _draw(folder, seed, wins=(1, 1, 0, 0), **control):
+    _store(folder, "stereo-anti-a1", variant(list(wins), [1, 0, 1, 0], [10, 12]), seed)
+    _store(folder, "unrelated-a1", variant([1, 1, 1, 0], [1, 0, 0, 0], [11, 12]), seed, "u", **control)
+    return folder
 
 
 def test_report_end_to_end_and_refusals(tmp_path):
-    folders = []
-    for seed, wins in ((0, [1, 1, 0, 0]), (1, [1, 0, 0, 0]), (2, [1, 1, 1, 0])):
-        folder = tmp_path / f"seed{seed}"
-        _store(folder, "stereo-anti-a1", variant(wins, [1, 0, 1, 0], [10, 12]), seed)
-        _store(folder, "unrelated-a1", variant([1, 1, 1, 0], [1, 0, 0, 0], [11, 12]), seed, "u")
-        folders.append(folder)
+    folders = [_draw(tmp_path / f"seed{seed}", seed, wins)
+               for seed, wins in ((0, [1, 1, 0, 0]), (1, [1, 0, 0, 0]), (2, [1, 1, 1, 0]))]
     out = tmp_path / "out"
-    argv = [a for f in folders for a in ("--draw", str(f))] + ["--out", str(out), "--bootstrap", "50"]
+    argv = [a for f in folders for a in ("--draw", str(f))] + ["--out", str(out), "--bootstrap", "100"]
     assert draws_report.main(argv) == 0
     report = json.loads((out / "draws.json").read_text())
     # method CrowS 50, 25, 75 against the control's 75 each time
@@ -136,3 +158,23 @@ def test_report_end_to_end_and_refusals(tmp_path):
     lonely = tmp_path / "lonely"
     _store(lonely, "stereo-anti-a1", variant([1, 0, 0, 0], [1, 0, 1, 0], [10, 12]), 5)
     assert draws_report.main(["--draw", str(folders[0]), "--draw", str(lonely), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("case", ["control-other-pairs", "control-other-seed", "same-pairs", "no-quantization",
+                                  "one-draw", "few-resamples"])
+def test_report_refuses_draws_that_differ_beyond_the_seed(tmp_path, case, capsys):
+    first = _draw(tmp_path / "a", 0)
+    extra = {"control-other-pairs": {"pairs": 64}, "control-other-seed": {"job_seed": 9},
+             "no-quantization": {"quantization": False}}.get(case, {})
+    second = _draw(tmp_path / "b", 1, **extra)
+    if case == "same-pairs":  # the seed changed nothing: the calibration pairs' sha256 repeats
+        (second / "runs" / "stereo-anti-a1" / "quantization.json").write_text(
+            json.dumps({"calibration": {"sha256": "p0"}}))
+    argv = ["--draw", str(first), "--draw", str(second), "--out", str(tmp_path / "out")]
+    if case == "one-draw":
+        argv = argv[2:]
+    if case == "few-resamples":
+        argv += ["--bootstrap", "10"]
+    assert draws_report.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "draws.json").exists()
