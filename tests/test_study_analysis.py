@@ -297,3 +297,43 @@ def test_matched_distance_uses_the_interpolated_curve_value():
     assert d["curve_value"] == pytest.approx(50.0)
     assert d["diff"] == pytest.approx(-5.0) and d["distance"]["diff"] == pytest.approx(5.0)
     assert d["distance"]["ci"][0] <= 5.0 <= d["distance"]["ci"][1]
+
+
+def _comparison(method, control, crows_distance_ci, ss_distance_ci):
+    return {"method": method, "control": control,
+            "crows": {"distance": {"diff": sum(crows_distance_ci) / 2, "ci": list(crows_distance_ci)}},
+            "ss": {"distance": {"diff": sum(ss_distance_ci) / 2, "ci": list(ss_distance_ci)}}}
+
+
+def test_verdict_needs_a_win_against_every_control_and_no_loss():
+    from study import report
+
+    # closer to 50 than both controls (one on CrowS, one on SS); the base (gptq) does not count
+    comps = [_comparison("m", "c1", (-3, -1), (-1, 1)), _comparison("m", "c2", (-2, 2), (-4, -0.5)),
+             _comparison("m", "gptq", (1, 2), (1, 2))]
+    result = report.verdict(comps)
+    assert result["beats_controls"] is True and result["controls"] == ["c1", "c2"]
+    assert result["closer_to_50_than"] == [("c1", "crows"), ("c2", "ss")] and result["farther_from_50_than"] == []
+    # a control it does not beat
+    assert report.verdict(comps[:1] + [_comparison("m", "c2", (-2, 2), (-1, 1))])["beats_controls"] is False
+    # a win on one score and a loss on the other
+    mixed = report.verdict([_comparison("m", "c1", (-3, -1), (0.5, 2))])
+    assert mixed["beats_controls"] is False and mixed["farther_from_50_than"] == [("c1", "ss")]
+    # only the base: no control, no verdict
+    assert report.verdict([_comparison("m", "gptq", (-3, -1), (-3, -1))])["beats_controls"] is False
+
+
+def test_methods_at_a_glance_lists_bases_and_methods_with_distances():
+    from study import report
+
+    def row(name, crows, ss):
+        return {"name": name, "crows_pct_stereotype": crows, "stereoset_ss": ss, "stereoset_lms": 90.0,
+                "ppl": 20.0}
+    summary = {"variants": [row("fp", 55.0, 61.0), row("gptq", 54.0, 60.0), row("m", 48.0, 58.5),
+                            row("c1", 53.0, 59.0)],
+               "comparisons": [_comparison("m", "c1", (-3, -1), (-1, 1))]}
+    glance = {g["name"]: g for g in report.methods_at_a_glance(summary)}
+    assert set(glance) == {"fp", "gptq", "m"}  # c1 is a control, listed only in m's verdict
+    assert glance["m"]["crows_distance"] == 2.0 and glance["m"]["ss_distance"] == 8.5
+    assert glance["m"]["beats_controls"] is True and "controls" not in glance["fp"]
+    assert report._verdict_cell(glance["m"]) == "yes: closer to 50 than c1 (CrowS)"

@@ -207,6 +207,61 @@ def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     return out
 
 
+BASES = ("fp", "gptq")  # what a method starts from: compared with, but not a control
+
+
+def verdict(comps: list[dict]) -> dict:
+    """Does a method beat its controls? Against every control (not its base) it must be closer to 50 on CrowS or
+    SS by a 95 % interval that excludes 0 (`wins`), and farther on neither (`losses`)."""
+    controls = sorted({c["control"] for c in comps if c["control"] not in BASES})
+    wins, losses = [], []
+    for c in comps:
+        if c["control"] in BASES:
+            continue
+        for metric in analysis.IDEAL_50:
+            distance = c[metric].get("distance") or {}
+            low, high = distance.get("ci") or (None, None)
+            if high is not None and high < 0:
+                wins.append((c["control"], metric))
+            if low is not None and low > 0:
+                losses.append((c["control"], metric))
+    beats = bool(controls) and not losses and all(any(w[0] == control for w in wins) for control in controls)
+    return {"controls": controls, "beats_controls": beats, "closer_to_50_than": wins, "farther_from_50_than": losses}
+
+
+def methods_at_a_glance(summary: dict) -> list[dict]:
+    """One row per method (every variant compared with controls) and per base (FP, plain GPTQ): its bias scores and
+    their distance from 50, LMS, perplexity, zero-shot average where the suite ran, and the verdict."""
+    by_method: dict[str, list] = {}
+    for c in summary["comparisons"]:
+        by_method.setdefault(c["method"], []).append(c)
+    rows = []
+    for r in summary["variants"]:
+        if r["name"] not in BASES and r["name"] not in by_method:
+            continue
+        crows, ss = r["crows_pct_stereotype"], r["stereoset_ss"]
+        row = {"name": r["name"], "crows": crows, "crows_distance": abs(crows - 50), "ss": ss,
+               "ss_distance": abs(ss - 50), "lms": r["stereoset_lms"], "ppl": r["ppl"],
+               "zeroshot_avg": (r.get("zeroshot_avg") or {}).get("value")}
+        if r["name"] in by_method:
+            row.update(verdict(by_method[r["name"]]))
+        rows.append(row)
+    return rows
+
+
+def _verdict_cell(row: dict) -> str:
+    if "controls" not in row:
+        return "(base)"
+    if not row["controls"]:
+        return "no control run"
+    def pairs(items):
+        return ", ".join(f"{control} ({'CrowS' if metric == 'crows' else 'SS'})" for control, metric in items)
+    text = "yes" if row["beats_controls"] else "no"
+    details = [f"closer to 50 than {pairs(row['closer_to_50_than'])}"] if row["closer_to_50_than"] else []
+    details += [f"farther from 50 than {pairs(row['farther_from_50_than'])}"] if row["farther_from_50_than"] else []
+    return text + (f": {'; '.join(details)}" if details else f" (against {', '.join(row['controls'])})")
+
+
 def mechanism_modules(state: dict) -> dict:
     """variant -> module -> ratio over all held-out pairs."""
     return {name: {m: r["ratio_all"] for m, r in (extra.get("mechanism") or {}).get("modules", {}).items()}
@@ -268,6 +323,20 @@ def render_markdown(summary: dict, header: list[str]) -> str:
     if any(r.get("base_is_first_stage_model") is False for r in summary["variants"]):
         lines += ["", "† an eraser on a gptq base that was quantized again and is not the model of `runs/gptq/` "
                   "(the check is in `runs/<variant>/job.json`): its differences to `gptq` include a re-quantization."]
+    glance = summary.get("methods") or []
+    if glance:
+        lines += ["", "## Methods at a glance", "",
+                  "Each method (the paper's term per α, the direction term, the erasers per base) beside FP and plain "
+                  "GPTQ. |x − 50|: distance from 50, the ideal of CrowS-Pairs % and SS. Beats its controls: closer to "
+                  "50 than every one of its controls on CrowS or SS (paired 95 % interval of the distance difference "
+                  "below 0) and farther than none; the comparisons are in the next section. Zero-shot: the "
+                  "five-task average of the lm-eval suite (suite.md), where it ran.", "",
+                  "| method | CrowS % | \\|CrowS − 50\\| | SS | \\|SS − 50\\| | LMS | PPL | zero-shot avg % | "
+                  "beats its controls? |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in glance:
+            zero = "–" if g["zeroshot_avg"] is None else f"{100 * g['zeroshot_avg']:.1f}"
+            lines.append(f"| {g['name']} | {g['crows']:.2f} | {g['crows_distance']:.2f} | {g['ss']:.2f} | "
+                         f"{g['ss_distance']:.2f} | {g['lms']:.2f} | {g['ppl']:.2f} | {zero} | {_verdict_cell(g)} |")
     if summary["missing"]:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
     if summary.get("stale"):
@@ -363,6 +432,7 @@ def write_study_report(out: Path, variants, header: list[str], n_boot: int = 100
                "comparisons": comparisons(state, rows, n_boot, seed), "matched": matched(state, rows, n_boot, seed),
                "mechanism_per_module": mechanism_modules(state), "bootstrap": {"resamples": n_boot, "seed": seed},
                "header": header}
+    summary["methods"] = methods_at_a_glance(summary)
     summary["plots"] = write_plots(summary, out, title_prefix=f"{model}: " if model else "") if rows else []
     write_json_atomic(out / "summary.json", summary)
     flat = [{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
