@@ -5,10 +5,12 @@ Every run is its own subprocess (its peak resident memory is its own, and nothin
 in the process can slow it). Runs go in ABBA blocks: the configurations in order, then in reverse, so that a
 machine drifting linearly in time hits every configuration alike; each block gives one ratio per configuration,
 (its two runs) / (stock's two runs). "stock" runs the pristine upstream gptq.py that install_overlay.sh keeps as
-gptq.py.upstream. Reports wall and CPU time of `quantize()` and peak RSS, each with its spread.
+gptq.py.upstream; with --gptqmodel7 the runs use .venv-gptqmodel7, "stock" is GPTQModel 7.7.0 itself and the
+others fair_gptq_v7. Reports wall and CPU time of `quantize()` and peak RSS, each with its spread.
 
     python benchmarks/bench_quantize.py --model smollm2-135m --pairs 128 --repeats 1 --json out.json
     python benchmarks/bench_quantize.py --configs stock,fair --profile-dir prof/   # cProfile each run
+    python benchmarks/bench_quantize.py --gptqmodel7 --configs stock,fair,fair-sd  # GPTQModel 7.7.0 (fair_gptq_v7)
 """
 from __future__ import annotations
 
@@ -61,25 +63,74 @@ def quantize_config(config: str, model_type: str, group_size: int, device: str):
                           **settings)
 
 
-def run_one(args) -> dict:
-    """Child process: quantize once and report wall time, CPU time and peak memory as JSON."""
+def prepare_v220(args, device: str):
+    """The quantize(sentences) call on GPTQModel 2.2.0 with the overlay; "stock" runs upstream's gptq.py."""
     import torch
     from gptqmodel import BACKEND, GPTQModel
     from transformers import AutoConfig
 
     from fair_gptq.models import resolve_model
-    from fair_gptq.pairs import calibration_pairs
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.config == "stock":
         use_upstream_gptq()
     model_path = resolve_model(args.model)
-    pairs = calibration_pairs(args.stereoset, max_pairs=args.pairs, seed=0)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model_type = AutoConfig.from_pretrained(model_path).model_type
     qcfg = quantize_config(args.config, model_type, args.group_size, device)
     # float32 on CPU: GPTQModel's default there is bfloat16, several times slower on CPUs without bf16 units
     model = GPTQModel.load(model_path, qcfg, torch_dtype=torch.float32 if device == "cpu" else "auto")
+
+    def quantize(sentences):
+        model.quantize(sentences, batch_size=2, backend=BACKEND.TORCH if device == "cpu" else BACKEND.AUTO,
+                       auto_gc=device != "cpu")  # the same for every config; on CPU the GC only costs time
+    return quantize
+
+
+def prepare_v770(args, device: str):
+    """The quantize(sentences) call on GPTQModel 7.7.0 (.venv-gptqmodel7): "stock" is the package's own GPTQ, the others
+    fair_gptq_v7; both with the pair layout's calibration settings (no sorting or concatenation) and the 2.2.0
+    column order and damping, as the 7.7.0 main job (python -m fair_gptq_v7) quantizes."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # 7.7.0's loader stops on a 2-core machine otherwise
+    import torch
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
+    from transformers import AutoConfig
+
+    import fair_gptq_v7
+    from fair_gptq.layers import default_ignore_bias
+    from fair_gptq.models import resolve_model
+    from fair_gptq_v7.run import PAIR_LAYOUT
+
+    model_path = resolve_model(args.model)
+    common = dict(bits=4, group_size=args.group_size, damp_percent=0.01, device=device, desc_act=False,
+                  act_group_aware=False)
+    if args.config == "stock":
+        qcfg = QuantizeConfig(**common)
+    else:
+        settings = dict(CONFIGS[args.config])
+        modules = settings.pop("modules", "paper")
+        model_type = AutoConfig.from_pretrained(model_path).model_type
+        qcfg = fair_gptq_v7.FairGPTQConfig(
+            **common, ignore_bias=default_ignore_bias(model_type) if modules == "paper" else "", **settings)
+    model = GPTQModel.load(model_path, qcfg, dtype=torch.float32 if device == "cpu" else "auto")
+    backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
+
+    def quantize(sentences):
+        if args.config == "stock":
+            model.quantize(sentences, batch_size=2, backend=backend, **PAIR_LAYOUT)
+        else:
+            fair_gptq_v7.quantize(model, sentences, batch_size=2, backend=backend)
+    return quantize
+
+
+def run_one(args) -> dict:
+    """Child process: quantize once and report wall time, CPU time and peak memory as JSON."""
+    import torch
+
+    from fair_gptq.pairs import calibration_pairs
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    pairs = calibration_pairs(args.stereoset, max_pairs=args.pairs, seed=0)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    quantize = (prepare_v770 if args.gptqmodel7 else prepare_v220)(args, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     profiler = None
@@ -88,16 +139,22 @@ def run_one(args) -> dict:
         profiler = cProfile.Profile()
         profiler.enable()
     start, cpu_start = time.perf_counter(), time.process_time()
-    model.quantize(pairs.sentences, batch_size=2, backend=BACKEND.TORCH if device == "cpu" else BACKEND.AUTO,
-                   auto_gc=device != "cpu")  # the same for every config; on CPU the GC only costs time
+    quantize(pairs.sentences)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if profiler is not None:
         profiler.disable()
         Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
         profiler.dump_stats(str(Path(args.profile_dir) / f"{args.config}-{args.run_index}.pstats"))
+    import platform
+
+    import gptqmodel
+    import transformers
+
     result = {"config": args.config, "seconds": seconds, "cpu_seconds": cpu_seconds, "n_pairs": pairs.n_pairs,
               "device": device, "threads": torch.get_num_threads(),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "gptqmodel": gptqmodel.__version__, "python": platform.python_version()}}
     if device == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -137,10 +194,24 @@ def summarise(blocks: list[list[dict]], configs: list[str]) -> dict:
     return summary
 
 
+def child_python(gptqmodel7: bool) -> str:
+    """This interpreter, or the 7.7.0 environment's (VENV7, default .venv-gptqmodel7) for --gptqmodel7."""
+    if not gptqmodel7:
+        return sys.executable
+    venv = Path(os.environ.get("VENV7", Path(__file__).resolve().parents[1] / ".venv-gptqmodel7"))
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        raise SystemExit(f"--gptqmodel7 needs the 7.7.0 environment: {python} is missing "
+                         "(bash install_overlay.sh --gptqmodel7)")
+    return str(python)
+
+
 def child_command(args, config: str, run_index: int) -> list[str]:
-    command = [sys.executable, os.path.abspath(__file__), "--config", config, "--run-index", str(run_index),
-               "--model", args.model, "--pairs", str(args.pairs), "--group-size", str(args.group_size),
+    command = [child_python(args.gptqmodel7), os.path.abspath(__file__), "--config", config, "--run-index",
+               str(run_index), "--model", args.model, "--pairs", str(args.pairs), "--group-size", str(args.group_size),
                "--device", args.device, "--threads", str(args.threads)]
+    if args.gptqmodel7:
+        command.append("--gptqmodel7")
     if args.stereoset:
         command += ["--stereoset", args.stereoset]
     if args.profile_dir:
@@ -172,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="stock and any of " + ",".join(CONFIGS))
     p.add_argument("--json", default=None, help="also write every run and the summary to this JSON file")
     p.add_argument("--profile-dir", default=None, help="cProfile each quantize() into DIR/<config>-<run>.pstats")
+    p.add_argument("--gptqmodel7", action="store_true",
+                   help="GPTQModel 7.7.0: stock 7.7.0 against fair_gptq_v7, each run in .venv-gptqmodel7")
     p.add_argument("--config", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--run-index", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -208,18 +281,12 @@ def main(argv=None) -> int:
           f"blocks={args.repeats} (median [min, max] over runs; ratios per ABBA block)")
     print_table(summary, configs)
     if args.json:
-        import platform
-
-        import gptqmodel
-        import torch
-        import transformers
-
         from fair_gptq.machine import machine_record
         from fair_gptq.paths import portable_record
 
         record = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "order": order,
-                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                               "gptqmodel": gptqmodel.__version__, "python": platform.python_version()},
+                  # the children's stack (7.7.0 with --gptqmodel7), not this process's
+                  "versions": first["versions"],
                   "machine": {**machine_record(), "torch_threads": first["threads"]},
                   "configs": {c: CONFIGS[c] for c in configs}, "blocks": blocks, "summary": summary}
         Path(args.json).write_text(json.dumps(portable_record(record), indent=2))

@@ -1,6 +1,8 @@
 """The quantization benchmark's bookkeeping: ABBA order and the per-block ratios (hand-computed values)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks import bench_quantize as bench
@@ -32,3 +34,27 @@ def test_summary_spreads_runs_and_block_ratios():
     assert summary["fair"]["wall_ratio"]["max"] == pytest.approx(212 / 202)
     assert summary["fair"]["cpu_ratio"]["median"] == pytest.approx((212 / 202 + 204 / 198) / 2)
     assert summary["stock"]["rss_ratio"]["median"] == 1.0
+
+
+@pytest.mark.slow
+def test_child_runs_upstream_gptq_for_stock_and_the_overlay_for_fair(tiny_mistral_dir, stereoset_dev_path, capsys):
+    """The 2.2.0 child: "stock" swaps in upstream's GPTQ class (kept beside the overlay), "fair" keeps the
+    overlay's; both report the 2.2.0 stack."""
+    import gptqmodel.looper.gptq_processor as processor
+
+    overlay_gptq = processor.GPTQ
+    results = {}
+    try:
+        for config in ("fair", "stock"):
+            assert bench.main(["--config", config, "--model", str(tiny_mistral_dir), "--pairs", "4",
+                               "--stereoset", str(stereoset_dev_path), "--group-size", "32", "--device", "cpu"]) == 0
+            line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("BENCH_RESULT "))
+            results[config] = json.loads(line.removeprefix("BENCH_RESULT "))
+            results[config]["gptq_class_module"] = processor.GPTQ.__module__
+    finally:
+        processor.GPTQ = overlay_gptq
+    assert results["fair"]["gptq_class_module"] == overlay_gptq.__module__
+    assert results["stock"]["gptq_class_module"] != overlay_gptq.__module__
+    for config, result in results.items():
+        assert result["config"] == config and result["n_pairs"] == 4
+        assert result["versions"]["gptqmodel"].startswith("2.2.0")
