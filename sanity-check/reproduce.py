@@ -249,16 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="16 pairs, 100 items, 4 short windows, strategy all only, no extra sweep points (~10 min CPU)")
     p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--pairs", type=int, default=None, help="calibration pairs (default 32, quick 16)")
+    p.add_argument("--pairs", type=int, default=None, help="calibration pairs (study: 256; paper/controls suites: 32; quick 16)")
     p.add_argument("--pairs-file", default=None, help="pairs for the ctrl-file variant")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--tasks", default="crows_pairs,stereoset,wikitext2")
     # Scoring every CrowS pair and StereoSet item takes ~15 min per model on 2 CPU cores: the defaults keep the
     # full suite (12 models) within about an hour there; 0 = everything, for a GPU or a longer run.
     p.add_argument("--max-items", type=int, default=None,
-                   help="CrowS pairs / StereoSet items per model (default 500, quick 100; 0 = all)")
+                   help="CrowS pairs / StereoSet items per model (study: every item; paper/controls suites: 500; "
+                        "quick 100; 0 = all)")
     p.add_argument("--max-windows", type=int, default=None,
-                   help="perplexity windows (default 4, quick 4; 0 = all)")
+                   help="perplexity windows (study: 16; paper/controls suites: 4; quick 4; 0 = all)")
     p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default 2048, quick 512)")
     p.add_argument("--stereoset", default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
