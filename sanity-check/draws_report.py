@@ -116,7 +116,7 @@ def render_markdown(report: dict, header: list[str]) -> str:
     for metric, label in LABELS.items():
         e = report["pooled"][metric]
         sd = "–" if e["sd_between_draws"] is None else f"{e['sd_between_draws']:.2f}"
-        lines.append(f"| {label} | {_fmt(e)} | {', '.join(f'{v:+.2f}' for v in e['per_draw'])} | {sd} | "
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | {_fmt(e)} | {', '.join(f'{v:+.2f}' for v in e['per_draw'])} | {sd} | "
                      f"{e['se_items']:.2f} | {e['se_draws']:.2f} | {e['df']:.1f} |")
     ratio = report["pooled"]["ppl_ratio"]
     log = ratio["log_scale"]

@@ -150,7 +150,11 @@ def test_report_end_to_end_and_refusals(tmp_path):
     # method CrowS 50, 25, 75 against the control's 75 each time
     assert report["pooled"]["crows"]["per_draw"] == pytest.approx([-25.0, -50.0, 0.0])
     assert report["seeds"] == [0, 1, 2]
-    assert (out / "draws.md").read_text().count("\n| ") >= 3 + 6
+    markdown = (out / "draws.md").read_text()
+    assert markdown.count("\n| ") >= 3 + 6
+    # every row of the pooled table has the header's 7 cells: the |x − 50| labels are escaped
+    pooled = [l for l in markdown.splitlines() if l.startswith("| CrowS") or l.startswith("| StereoSet")]
+    assert len(pooled) == 5 and all(l.replace("\\|", "").count("|") == 8 for l in pooled)
     assert (out / "draws.csv").read_text().startswith("metric,diff,ci_low,ci_high")
     # the same folder twice is one draw, not two
     assert draws_report.main(["--draw", str(folders[0]), "--draw", str(folders[0]), "--out", str(out)]) == 2
