@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "draws.json", report)
     write_bytes_atomically(out / "draws.csv", csv_text(report).encode("utf-8"))
-    write_bytes_atomically(out / "draws.md", render_markdown(report, header).encode("utf-8"))
+    from study.plots import write_draws_plot
+
+    plot = write_draws_plot(report, out)
+    write_bytes_atomically(out / "draws.md", (render_markdown(report, header) + f"\n![{plot}]({plot})\n").encode("utf-8"))
     print(render_markdown(report, header))
     return 0
 

@@ -156,6 +156,7 @@ def test_report_end_to_end_and_refusals(tmp_path):
     pooled = [l for l in markdown.splitlines() if l.startswith("| CrowS") or l.startswith("| StereoSet")]
     assert len(pooled) == 5 and all(l.replace("\\|", "").count("|") == 8 for l in pooled)
     assert (out / "draws.csv").read_text().startswith("metric,diff,ci_low,ci_high")
+    assert (out / "draws.png").stat().st_size > 0 and "![draws.png](draws.png)" in markdown
     # the same folder twice is one draw, not two
     assert draws_report.main(["--draw", str(folders[0]), "--draw", str(folders[0]), "--out", str(out)]) == 2
     # a draw without the control's job

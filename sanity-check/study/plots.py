@@ -266,3 +266,37 @@ def write_suite_plot(summary: dict, out: Path, axis: str = "piqa", title_prefix:
     fig.savefig(out / name, dpi=120)
     plt.close(fig)
     return name
+
+
+DRAW_PANELS = (("crows", "CrowS-Pairs: Δ |% − 50|"), ("ss", "StereoSet: Δ |SS − 50|"))
+
+
+def write_draws_plot(report: dict, out: Path) -> str:
+    """draws.png: a forest plot per score, method − control in distance from 50, one row per calibration draw
+    (95 % item interval) and the pooled row (95 % interval with the draw included); left of 0 = the method is
+    closer to 50."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["per_draw"]
+    fig, axes = plt.subplots(1, len(DRAW_PANELS), figsize=(11, 1.2 + 0.6 * (len(rows) + 1)), sharey=True)
+    labels = [f"draw, seed {row['seed']}" for row in rows] + [f"pooled over {report['k']} draws"]
+    for ax, (metric, title) in zip(axes, DRAW_PANELS):
+        entries = [row[f"diff_{metric}"]["distance"] for row in rows] + [report["pooled"][f"{metric}_distance"]]
+        for y, entry in enumerate(entries):
+            low, high = entry["ci"]
+            pooled = y == len(rows)
+            ax.errorbar([entry["diff"]], [y], xerr=[[entry["diff"] - low], [high - entry["diff"]]],
+                        color="tab:red" if pooled else "black", marker="D" if pooled else "o", capsize=4)
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(f"{report['method']} − {report['control']} (points; < 0: method closer to 50)")
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].invert_yaxis()
+    fig.suptitle("Calibration draws: 95 % intervals (draws: items only; pooled: items and draws)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(out / "draws.png", dpi=120)
+    plt.close(fig)
+    return "draws.png"
