@@ -62,11 +62,26 @@ def combine_draws(full: np.ndarray, resampled: np.ndarray, level: float = 0.95) 
             "se_items": var_items ** 0.5, "se_draws": var_draws ** 0.5, "df": float(df)}
 
 
-def _statistic(run: dict, metric: str):
-    """idx -> values for one variant: the bias metric, or its distance from 50."""
+def _statistic(runs: dict, metric: str):
+    """idx -> values for one variant ({task: stored run}): the bias metric, its distance from 50, or the log
+    perplexity over resampled windows."""
+    if metric == "log_ppl":
+        return lambda idx: np.log(analysis.resampled_ppl(runs["wikitext2"], idx))
     base = metric.removesuffix("_distance")
-    statistic = analysis.resampler(run, base)
+    statistic = analysis.resampler(runs[analysis.METRIC_TASK[base]], base)
     return analysis.distance_from_50(statistic) if metric.endswith("_distance") else statistic
+
+
+def _n_items(pairs: list[tuple[dict, dict]], metric: str) -> int:
+    """How many items (windows for log_ppl) every run of every draw shares; refused when they differ."""
+    runs = [run for pair in pairs for run in pair]
+    if metric == "log_ppl":
+        sizes = {len(run["wikitext2"]["per_item"]["window_nll"]) for run in runs}
+        if len(sizes) != 1:
+            raise ValueError("the draws' perplexities were measured on different windows")
+        return sizes.pop()
+    base = metric.removesuffix("_distance")
+    return analysis._check_same_items([run[analysis.METRIC_TASK[base]] for run in runs], base)
 
 
 def draw_differences(pairs: list[tuple[dict, dict]], metric: str, n_resamples: int, seed: int):
@@ -75,30 +90,15 @@ def draw_differences(pairs: list[tuple[dict, dict]], metric: str, n_resamples: i
     pairs: one (method runs, control runs) per draw, each {task: stored run}."""
     if not pairs:
         raise ValueError("no draw to compare")
-    task = "wikitext2" if metric == "log_ppl" else analysis.METRIC_TASK[metric.removesuffix("_distance")]
-    first = pairs[0][0][task]
-    if metric == "log_ppl":
-        n = len(first["per_item"]["window_nll"])
-        for method, control in pairs:
-            if len(method[task]["per_item"]["window_nll"]) != n or len(control[task]["per_item"]["window_nll"]) != n:
-                raise ValueError("the draws' perplexities were measured on different windows")
-        idx = metrics.bootstrap_indices(n, n_resamples, seed)
-        full_idx = np.arange(n)[None, :]
-
-        def difference(method, control, rows):
-            return (np.log(analysis.resampled_ppl(method[task], rows))
-                    - np.log(analysis.resampled_ppl(control[task], rows)))
-    else:
-        base = metric.removesuffix("_distance")
-        n = analysis._check_same_items([run[task] for pair in pairs for run in pair], base)
-        idx = metrics.bootstrap_indices(n, n_resamples, seed)
-        full_idx = np.arange(n)[None, :]
-
-        def difference(method, control, rows):
-            return _statistic(method[task], metric)(rows) - _statistic(control[task], metric)(rows)
-    full = np.array([difference(m, c, full_idx)[0] for m, c in pairs])
-    resampled = np.stack([difference(m, c, idx) for m, c in pairs])
-    return full, resampled
+    n = _n_items(pairs, metric)
+    idx = metrics.bootstrap_indices(n, n_resamples, seed)
+    full_idx = np.arange(n)[None, :]
+    full, resampled = [], []
+    for method, control in pairs:
+        method_stat, control_stat = _statistic(method, metric), _statistic(control, metric)
+        full.append(method_stat(full_idx)[0] - control_stat(full_idx)[0])
+        resampled.append(method_stat(idx) - control_stat(idx))
+    return np.array(full), np.stack(resampled)
 
 
 def compare_over_draws(pairs: list[tuple[dict, dict]], n_resamples: int = 1000, seed: int = 0) -> dict:
