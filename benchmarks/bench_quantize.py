@@ -51,16 +51,21 @@ def use_upstream_gptq() -> None:
         raise SystemExit(str(error)) from None
 
 
-def quantize_config(config: str, model_type: str, group_size: int, device: str):
-    from gptqmodel import QuantizeConfig
-
+def fair_fields(config: str, model_type: str) -> dict:
+    """A configuration's Fair-GPTQ fields, the same on both stacks: its CONFIGS entry with `modules` turned into
+    ignore_bias ("paper": the family's default, the term on o_proj and down_proj; "all": none ignored)."""
     from fair_gptq.layers import default_ignore_bias
 
     settings = dict(CONFIGS[config])
     modules = settings.pop("modules", "paper")
-    ignore_bias = default_ignore_bias(model_type) if modules == "paper" else ""
-    return QuantizeConfig(bits=4, group_size=group_size, desc_act=False, device=device, ignore_bias=ignore_bias,
-                          **settings)
+    return {"ignore_bias": default_ignore_bias(model_type) if modules == "paper" else "", **settings}
+
+
+def quantize_config(config: str, model_type: str, group_size: int, device: str):
+    from gptqmodel import QuantizeConfig
+
+    return QuantizeConfig(bits=4, group_size=group_size, desc_act=False, device=device,
+                          **fair_fields(config, model_type))
 
 
 def prepare_v220(args, device: str):
@@ -95,7 +100,6 @@ def prepare_v770(args, device: str):
     from transformers import AutoConfig
 
     import fair_gptq_v7
-    from fair_gptq.layers import default_ignore_bias
     from fair_gptq.models import resolve_model
     from fair_gptq_v7.run import PAIR_LAYOUT
 
@@ -105,11 +109,8 @@ def prepare_v770(args, device: str):
     if args.config == "stock":
         qcfg = QuantizeConfig(**common)
     else:
-        settings = dict(CONFIGS[args.config])
-        modules = settings.pop("modules", "paper")
         model_type = AutoConfig.from_pretrained(model_path).model_type
-        qcfg = fair_gptq_v7.FairGPTQConfig(
-            **common, ignore_bias=default_ignore_bias(model_type) if modules == "paper" else "", **settings)
+        qcfg = fair_gptq_v7.FairGPTQConfig(**common, **fair_fields(args.config, model_type))
     model = GPTQModel.load(model_path, qcfg, dtype=torch.float32 if device == "cpu" else "auto")
     backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
 
