@@ -29,13 +29,14 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(Path(__file__).resolve().parent)]
 
-from evaluation.store import load_runs, write_json_atomic  # noqa: E402
+from evaluation.store import load_run, run_path, write_json_atomic  # noqa: E402
 from fair_gptq.cache import write_bytes_atomically  # noqa: E402
 from study import draws  # noqa: E402
 
 TASKS = ("crows_pairs", "stereoset", "wikitext2")
-LABELS = {"crows": "CrowS-Pairs % stereotype", "crows_distance": "CrowS-Pairs |% − 50|", "ss": "StereoSet SS",
-          "ss_distance": "StereoSet |SS − 50|", "lms": "StereoSet LMS"}
+# the pooled table's row labels (Markdown: the bars of |x − 50| escaped)
+LABELS = {"crows": "CrowS-Pairs % stereotype", "crows_distance": "CrowS-Pairs \\|% − 50\\|", "ss": "StereoSet SS",
+          "ss_distance": "StereoSet \\|SS − 50\\|", "lms": "StereoSet LMS"}
 
 
 class UsageError(ValueError):
@@ -52,17 +53,18 @@ def _stored(folder: Path, variant: str, name: str) -> dict:
 
 def load_draw(folder: Path, method: str, control: str) -> dict:
     """One draw: both variants' stored runs, their jobs' settings and their calibration pairs' sha256."""
-    runs = load_runs(folder)["runs"]
     draw = {"folder": folder, "runs": {}, "jobs": {}, "pairs_sha256": {}}
     for variant in (method, control):
         job = _stored(folder, variant, "job.json")
         if "seed" not in job.get("settings", {}) or "variant" not in job:
             raise UsageError(f"{folder}/runs/{variant}/job.json records no seed or variant: not a study job")
-        missing = [t for t in TASKS if t not in runs.get(variant, {})]
+        # only these two variants' runs: a study folder holds dozens of others
+        runs = {task: load_run(run_path(folder, variant, task)) for task in TASKS}
+        missing = [task for task, run in runs.items() if run is None]
         if missing:
             raise UsageError(f"{folder}/runs/{variant}: missing {', '.join(missing)}")
         quantization = _stored(folder, variant, "quantization.json")
-        draw["runs"][variant] = runs[variant]
+        draw["runs"][variant] = runs
         draw["jobs"][variant] = job
         draw["pairs_sha256"][variant] = quantization.get("calibration", {}).get("sha256")
     return draw
@@ -116,7 +118,7 @@ def render_markdown(report: dict, header: list[str]) -> str:
     for metric, label in LABELS.items():
         e = report["pooled"][metric]
         sd = "–" if e["sd_between_draws"] is None else f"{e['sd_between_draws']:.2f}"
-        lines.append(f"| {label.replace('|', chr(92) + '|')} | {_fmt(e)} | {', '.join(f'{v:+.2f}' for v in e['per_draw'])} | {sd} | "
+        lines.append(f"| {label} | {_fmt(e)} | {', '.join(f'{v:+.2f}' for v in e['per_draw'])} | {sd} | "
                      f"{e['se_items']:.2f} | {e['se_draws']:.2f} | {e['df']:.1f} |")
     ratio = report["pooled"]["ppl_ratio"]
     log = ratio["log_scale"]
