@@ -211,19 +211,38 @@ MATCHED_AXES = ("piqa", "zeroshot_avg")
 MATCHED_STATS = ("bbq_amb_bias_score", "bbq_disamb_bias_score", WINOGENDER)  # BBQ by distance from 0
 
 
+def in_range(axis_values, at: float) -> bool:
+    """Whether `at` lies within the curve's range (its ends included, to float rounding)."""
+    return min(axis_values) - 1e-12 <= at <= max(axis_values) + 1e-12
+
+
 def interpolate_along(axis_values, values, at: float) -> float | None:
     """Linear interpolation of `values` at `at` along a curve given by its `axis_values` (any order); None
     outside the curve's range."""
     axis_values = np.asarray(axis_values, dtype=np.float64)
     order = np.argsort(axis_values, kind="stable")
     x, y = axis_values[order], np.asarray(values, dtype=np.float64)[order]
-    if at < x[0] - 1e-12 or at > x[-1] + 1e-12:
+    if not in_range(x, at):
         return None
     return float(np.interp(at, x, y))
 
 
 def _measure(stat: str, values):
     return np.abs(values) if stat.startswith("bbq_") else values
+
+
+def _beyond_curve(stats: dict, points: list[str], levels: list[float], values: dict, axis: str) -> dict | None:
+    """For a variant whose `axis` accuracy lies outside the curve's range: the note, the nearest end and how far
+    beyond (or within noise of) that end it lies, paired; None inside the range."""
+    at = values[axis][0]
+    if in_range(levels, at):
+        return None
+    nearest = min(points, key=lambda p: abs(stats[p][axis][0] - at))
+    span = f"[{100 * min(levels):.1f}, {100 * max(levels):.1f}]"
+    return {"note": f"{axis} {100 * at:.1f} outside the curve's range {span}",
+            "nearest_end": nearest,
+            "axis_minus_nearest_end": {"value": at - stats[nearest][axis][0],
+                                       "ci": _ci(values[axis][1] - stats[nearest][axis][1])}}
 
 
 def matched_accuracy(stats: dict, curve: list[str], axis: str) -> list[dict]:
@@ -242,23 +261,17 @@ def matched_accuracy(stats: dict, curve: list[str], axis: str) -> list[dict]:
     for name, values in stats.items():
         if name in points or axis not in values:
             continue
+        beyond = _beyond_curve(stats, points, levels, values, axis)
         for stat in MATCHED_STATS:
             if stat not in values or any(stat not in stats[p] for p in points):
                 continue
             entry = {"axis": axis, "curve": points, "monotone": monotone, "variant": name, "stat": stat,
                      "variant_axis": values[axis][0]}
+            if beyond is not None:
+                out.append({**entry, **beyond})
+                continue
             curve_value = interpolate_along(levels, [_measure(stat, stats[p][stat][0]) for p in points],
                                             values[axis][0])
-            if curve_value is None:
-                # beyond an end of the curve: how far beyond (or within noise of) that end, paired
-                nearest = min(points, key=lambda p: abs(stats[p][axis][0] - values[axis][0]))
-                entry["note"] = (f"{axis} {100 * values[axis][0]:.1f} outside the curve's range "
-                                 f"[{100 * min(levels):.1f}, {100 * max(levels):.1f}]")
-                entry["nearest_end"] = nearest
-                entry["axis_minus_nearest_end"] = {"value": values[axis][0] - stats[nearest][axis][0],
-                                                   "ci": _ci(values[axis][1] - stats[nearest][axis][1])}
-                out.append(entry)
-                continue
             resampled = values[stat][1]
             diffs = np.full(resampled.shape[0], np.nan)
             for r in range(resampled.shape[0]):
