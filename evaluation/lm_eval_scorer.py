@@ -191,7 +191,9 @@ class SharedContextHFLM(HFLM):
     def _score_shared(self, requests: list[Request], groups: list[list[int]],
                       disable_tqdm: bool = True) -> dict[int, tuple[float, bool]]:
         """{request index: (log-likelihood, is_greedy)} for groups of requests with the same context."""
-        max_tokens = min(self.max_length, MAX_ROW_TOKENS)
+        # A row no longer than the sliding window: Gemma 3 applies its window by distance within the row, on top of
+        # the 4-D mask, so a longer row would hide the shared context from the later tails.
+        max_tokens = min(self._shared_max_length(), MAX_ROW_TOKENS)
         rows = [row for members in groups for row in pack_rows(requests, members, max_tokens)]
         rows.sort(key=lambda row: -len(row.tokens))  # HFLM also sorts longest first: similar widths, less padding
         answers = {}

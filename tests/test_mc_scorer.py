@@ -156,6 +156,39 @@ def test_requests_past_a_sliding_window_go_to_hflm(mistral, monkeypatch):
     assert (scorer.stats["requests_shared"], scorer.stats["requests_hflm"]) == (2, 2)
 
 
+@pytest.fixture(scope="module")
+def gemma3(tiny_tokenizer_dir, tmp_path_factory):
+    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 8 positions."""
+    from conftest import _load_tiny_tokenizer, _special_ids
+    from model_init import initialised_weights
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                              sliding_window=8, sliding_window_pattern=2, max_position_embeddings=256,
+                              torch_dtype="float32", **_special_ids(tokenizer))
+    torch.manual_seed(0)
+    with initialised_weights():
+        model = Gemma3ForCausalLM(config).to(torch.float32).eval()
+    out = tmp_path_factory.mktemp("tiny_gemma3")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return models.load_model(str(out), name="gemma3", device="cpu")
+
+
+@pytest.mark.slow
+def test_rows_stay_within_gemma3s_sliding_window(gemma3):
+    # Gemma 3 masks by distance within the input row, on top of the 4-D mask: a packed row longer than the window
+    # would hide the context from its later tails (the start-up probe's rows alone already did, with rows of 1,024)
+    endings = (" said", " went home", " is", " was", " came back", " left", " ran")
+    instances = _instances([("The nurse", ending) for ending in endings])
+    reference, _ = _score(gemma3, instances, "hflm")
+    got, scorer = _score(gemma3, instances, "shared-context")
+    _assert_agree(reference, got)
+    assert scorer.stats["requests_shared"] == len(endings) and scorer.stats["rows"] > 1  # shared, in several rows
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ignored", ["position_ids", "attention_mask"])
 def test_a_model_that_ignores_positions_or_masks_is_refused(mistral, monkeypatch, ignored):
