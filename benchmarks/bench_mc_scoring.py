@@ -108,7 +108,9 @@ def compare(task, instances, hflm: dict, shared: dict, stats: dict) -> dict:
         "speedup_tokens": round(hflm["tokens"] / shared["tokens"], 2),
         "max_abs_delta_ll": max(deltas),
         "is_greedy_identical": all(a[1] == b[1] for a, b in zip(hflm["answers"], shared["answers"], strict=True)),
-        "acc_identical": acc_h == acc_s, "acc": sum(acc_h) / len(acc_h),
+        # TruthfulQA mc2's acc is a probability mass, a float: identical only to rounding
+        "acc_identical": acc_h == acc_s, "max_abs_delta_acc": max(abs(a - b) for a, b in zip(acc_h, acc_s)),
+        "acc": sum(acc_h) / len(acc_h),
     }
 
 
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
         print(f"{name}: {t['docs']} docs, {t['requests']} requests; tokens {t['hflm']['tokens']} -> "
               f"{t['shared_context']['tokens']} ({t['speedup_tokens']}x); seconds {t['hflm']['seconds']:.1f} -> "
               f"{t['shared_context']['seconds']:.1f} ({t['speedup_seconds']}x); max |dLL| {t['max_abs_delta_ll']:.2e};"
-              f" is_greedy identical {t['is_greedy_identical']}, acc identical {t['acc_identical']}", flush=True)
+              f" is_greedy identical {t['is_greedy_identical']}, acc identical {t['acc_identical']}"
+              f" (max |d acc| {t['max_abs_delta_acc']:.2g})", flush=True)
     record = {
         "benchmark": "bench_mc_scoring", "date": date.today().isoformat(), "model": "smollm2-135m (float32, CPU)",
         "settings": {"docs": parse_docs(args.docs), "seed": args.seed, "batch_size": args.batch_size,

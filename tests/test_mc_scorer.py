@@ -12,13 +12,13 @@ import pytest
 import torch
 from test_eval_models import no_torch_compile, tiny_opt_gptq_dir  # noqa: F401 (fixtures: a 4-bit tiny OPT)
 
-from evaluation import lm_eval_bridge, lm_eval_tasks, models
+from evaluation import lm_eval_bridge, lm_eval_scorer, lm_eval_tasks, models
 
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from evaluation.lm_eval_scorer import (  # noqa: E402
-    Row, attention_mask, batch_rows, pack_rows, plan_sharing, shared_length)
+    Block, Row, attention_mask, batch_rows, cluster_groups, pack_rows, plan_sharing, shared_length)
 
 LL_TOLERANCE = dict(rel=1e-5, abs=1e-4)  # float32 sums of a few dozen log-probs, computed in different shapes
 
@@ -49,20 +49,50 @@ def test_shared_length_leaves_every_sequence_a_target():
 
 def test_pack_rows_positions_segments_and_splitting():
     requests = [_request("c", [5, 6], [7, 8, 9]), _request("c", [5, 6], [7, 8, 4, 4]), _request("c", [5, 6], [7, 3])]
-    (row,) = pack_rows(requests, [0, 1, 2], max_tokens=100)
+    (row,) = pack_rows(requests, [[0, 1, 2]], max_tokens=100)
     # shared start: 5 6 7 (the context and the common first continuation token); tails are sequence[3:-1]
     assert row.tokens == [5, 6, 7, 8, 8, 4]
     assert row.positions == [0, 1, 2, 3, 3, 4]
+    assert row.block == [1] * 6
     assert row.segment == [0, 0, 0, 1, 2, 2]
-    assert (row.n_context, row.shared) == (2, 3)
-    assert row.tails == [(0, 3, 1), (1, 4, 2), (2, 6, 0)]  # the third request is all shared start
-    rows = pack_rows(requests, [0, 1, 2], max_tokens=5)
+    assert row.blocks == [Block(2, 3, [(0, 3, 1), (1, 4, 2), (2, 6, 0)])]  # the third request is all shared start
+    rows = pack_rows(requests, [[0, 1, 2]], max_tokens=5)
     assert [r.tokens for r in rows] == [[5, 6, 7, 8], [5, 6, 7, 8, 4]]  # a new row repeats the shared start
-    assert [r.tails for r in rows] == [[(0, 3, 1)], [(1, 3, 2), (2, 5, 0)]]
+    assert [r.blocks for r in rows] == [[Block(2, 3, [(0, 3, 1)])], [Block(2, 3, [(1, 3, 2), (2, 5, 0)])]]
+
+
+def test_pack_rows_shares_a_common_prefix_between_groups():
+    # two contexts starting with the same three tokens (a few-shot preamble), two endings each
+    requests = [_request("p", [1, 2, 3, 4], [5, 6]), _request("p", [1, 2, 3, 4], [7]),
+                _request("q", [1, 2, 3, 8, 9], [5]), _request("q", [1, 2, 3, 8, 9], [6, 6])]
+    (row,) = pack_rows(requests, [[0, 1], [2, 3]], max_tokens=100, prefix=3)
+    # prefix 1 2 3 | block 1: 4, tail 5 | block 2: 8 9, tail 6
+    assert row.tokens == [1, 2, 3, 4, 5, 8, 9, 6]
+    assert row.positions == [0, 1, 2, 3, 4, 3, 4, 5]
+    assert row.block == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert row.segment == [0, 0, 0, 0, 1, 0, 0, 2]  # block 2: its first tail is empty
+    assert row.blocks == [Block(4, 4, [(0, 4, 1), (1, 5, 0)]), Block(7, 7, [(2, 7, 0), (3, 7, 1)])]
+    rows = pack_rows(requests, [[0, 1], [2, 3]], max_tokens=6, prefix=3)
+    assert [r.tokens for r in rows] == [[1, 2, 3, 4, 5], [1, 2, 3, 8, 9, 6]]  # a new row repeats the prefix
+    assert rows[1].blocks == [Block(5, 5, [(2, 5, 0), (3, 5, 1)])]
+
+
+def test_cluster_groups_joins_contexts_with_a_long_common_start():
+    preamble = list(range(10, 50))  # 40 tokens
+    requests = [_request("a", preamble + [1], [2]), _request("a", preamble + [1], [3]),
+                _request("b", [7, 7], [2]), _request("b", [7, 7], [3]),
+                _request("c", preamble + [4, 5], [2]), _request("c", preamble + [4, 5], [3])]
+    clusters = cluster_groups(requests, [[0, 1], [2, 3], [4, 5]], min_prefix=32)
+    assert sorted(clusters) == [(0, [[2, 3]]), (40, [[0, 1], [4, 5]])]
+    assert cluster_groups(requests, [[0, 1], [2, 3], [4, 5]], min_prefix=41) == [(0, [[2, 3]]), (0, [[0, 1]]),
+                                                                                 (0, [[4, 5]])]
+    # a context that is the other's start: the prefix leaves it one token of its own
+    requests += [_request("d", preamble, [2]), _request("d", preamble, [3])]
+    assert (39, [[6, 7], [0, 1], [4, 5]]) in cluster_groups(requests, [[0, 1], [4, 5], [6, 7]], min_prefix=32)
 
 
 def test_attention_mask_sees_shared_start_and_own_tail_only():
-    row = Row([5, 6, 7, 8, 9, 4], [0, 1, 2, 2, 2, 3], [0, 0, 1, 2, 2, 3], 2, 2, [])
+    row = Row([5, 6, 7, 8, 9, 4], [0, 1, 2, 2, 2, 3], [1] * 6, [0, 0, 1, 2, 2, 3], [])
     allowed = attention_mask([row], 7, torch.float32, "cpu")[0, 0] == 0
     want = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
                          [1, 1, 0, 0, 0, 0, 0],
@@ -74,9 +104,26 @@ def test_attention_mask_sees_shared_start_and_own_tail_only():
     assert torch.equal(allowed, want)
 
 
-def test_batches_cap_rows_and_padding():
-    rows = [Row([0] * n, [], [], 1, 1, []) for n in (40, 30, 21, 19, 18, 5)]
+def test_attention_mask_blocks_see_the_prefix_and_themselves():
+    # prefix (2 tokens) | block 1: start, tail | block 2: start, start, tail
+    row = Row([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 2, 3, 4], [0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 0, 0, 1], [])
+    allowed = attention_mask([row], 7, torch.float32, "cpu")[0, 0] == 0
+    want = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
+                         [1, 1, 0, 0, 0, 0, 0],
+                         [1, 1, 1, 0, 0, 0, 0],
+                         [1, 1, 1, 1, 0, 0, 0],
+                         [1, 1, 0, 0, 1, 0, 0],
+                         [1, 1, 0, 0, 1, 1, 0],
+                         [1, 1, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed, want)
+
+
+def test_batches_cap_rows_padding_and_kept_logits():
+    rows = [Row([0] * n, [], [], [], [Block(1, 1, [])]) for n in (40, 30, 21, 19, 18, 5)]
     assert [[len(r.tokens) for r in b] for b in batch_rows(rows, 3)] == [[40, 30, 21], [19, 18], [5]]
+    # every row keeps logits from its index 0 on: a batch of widths 40 keeps 40 positions per row
+    assert [[len(r.tokens) for r in b] for b in batch_rows(rows, 3, max_logits=80)] == [[40, 30], [21, 19, 18],
+                                                                                        [5]]
 
 
 # ----------------------------------------------------------------------------- agreement with HFLM
@@ -135,6 +182,26 @@ def test_hand_made_requests_agree_with_hflm(mistral):
         _assert_agree(reference, _score(mistral, instances, "shared-context", batch_size)[0])
 
 
+def _with_preamble(lm) -> list[tuple[str, str]]:
+    """Questions behind a common few-shot preamble (as TruthfulQA's), several endings each."""
+    preamble = "Q: Where do fish live?\nA: In the sea.\n\nQ: What do nurses do?\nA: They care for patients.\n\n"
+    questions = ["Q: Who fixed the bridge?\nA:", "Q: What did the engineer say?\nA:", "Q: Why?\nA:"]
+    endings = [" The engineer did.", " she", " He said nothing at all.", _greedy_text(lm, preamble + questions[0], 3)]
+    return [(preamble + q, e) for q in questions for e in endings]
+
+
+@pytest.mark.slow
+def test_contexts_with_a_common_preamble_share_it_and_agree_with_hflm(mistral, monkeypatch):
+    monkeypatch.setattr(lm_eval_scorer, "MIN_SHARED_PREFIX", 16)  # the tiny preamble is shorter than TruthfulQA's
+    instances = _instances(_with_preamble(mistral))
+    reference, _ = _score(mistral, instances, "hflm")
+    got, scorer = _score(mistral, instances, "shared-context")
+    _assert_agree(reference, got)
+    assert scorer.stats["contexts"] == 3 and scorer.stats["rows"] == 1  # three questions in one row
+    for batch_size in (1, 64):
+        _assert_agree(reference, _score(mistral, instances, "shared-context", batch_size)[0])
+
+
 @pytest.mark.slow
 def test_gptq_and_opt_agree_with_hflm(tiny_opt_dir, tiny_opt_gptq_dir):  # noqa: F811
     pairs = [(c, e) for c in ("The nurse said that", "Fish live") for e in (" she", " he would", " in the sea")]
@@ -158,7 +225,7 @@ def test_requests_past_a_sliding_window_go_to_hflm(mistral, monkeypatch):
 
 @pytest.fixture(scope="module")
 def gemma3(tiny_tokenizer_dir, tmp_path_factory):
-    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 8 positions."""
+    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 16 positions."""
     from conftest import _load_tiny_tokenizer, _special_ids
     from model_init import initialised_weights
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -166,7 +233,7 @@ def gemma3(tiny_tokenizer_dir, tmp_path_factory):
     tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
     config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
-                              sliding_window=8, sliding_window_pattern=2, max_position_embeddings=256,
+                              sliding_window=16, sliding_window_pattern=2, max_position_embeddings=256,
                               torch_dtype="float32", **_special_ids(tokenizer))
     torch.manual_seed(0)
     with initialised_weights():
@@ -181,12 +248,27 @@ def gemma3(tiny_tokenizer_dir, tmp_path_factory):
 def test_rows_stay_within_gemma3s_sliding_window(gemma3):
     # Gemma 3 masks by distance within the input row, on top of the 4-D mask: a packed row longer than the window
     # would hide the context from its later tails (the start-up probe's rows alone already did, with rows of 1,024)
-    endings = (" said", " went home", " is", " was", " came back", " left", " ran")
+    endings = (" said", " went home", " is", " was", " came back", " left", " ran", " went to the shop",
+               " came back home later")
     instances = _instances([("The nurse", ending) for ending in endings])
     reference, _ = _score(gemma3, instances, "hflm")
     got, scorer = _score(gemma3, instances, "shared-context")
     _assert_agree(reference, got)
     assert scorer.stats["requests_shared"] == len(endings) and scorer.stats["rows"] > 1  # shared, in several rows
+
+
+@pytest.mark.slow
+def test_a_shared_prefix_stays_within_gemma3s_sliding_window(gemma3, monkeypatch):
+    contexts = ("The nurse said", "The nurse went", "The nurse is")  # a common start of two tokens or more
+    instances = _instances([(c, e) for c in contexts for e in (" home", " well", " here")])
+    reference, _ = _score(gemma3, instances, "hflm")
+    rows = {}
+    for min_prefix in (100, 2):  # each context alone; then the three sharing their start
+        monkeypatch.setattr(lm_eval_scorer, "MIN_SHARED_PREFIX", min_prefix)
+        got, scorer = _score(gemma3, instances, "shared-context")
+        _assert_agree(reference, got)
+        rows[min_prefix] = scorer.stats["rows"]
+    assert rows[2] < rows[100], rows
 
 
 @pytest.mark.slow
