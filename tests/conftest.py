@@ -176,10 +176,22 @@ def _special_ids(tokenizer) -> dict:
     )
 
 
+def _save_random_model(tmp_path_factory, name: str, model_class, config, tokenizer) -> Path:
+    """A float32 model of `model_class` with seeded random weights, saved with `tokenizer` into a fresh folder."""
+    import torch
+
+    torch.manual_seed(0)
+    with initialised_weights():
+        model = model_class(config).to(torch.float32).eval()
+    out = tmp_path_factory.mktemp(name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
     """A random-weight 4-layer OPT (hidden 128) saved with the tiny tokenizer."""
-    import torch
     from transformers import OPTConfig, OPTForCausalLM
 
     tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
@@ -194,19 +206,12 @@ def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: P
         torch_dtype="float32",
         **_special_ids(tokenizer),
     )
-    torch.manual_seed(0)
-    with initialised_weights():
-        model = OPTForCausalLM(config).to(torch.float32).eval()
-    out = tmp_path_factory.mktemp("tiny_opt")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_random_model(tmp_path_factory, "tiny_opt", OPTForCausalLM, config, tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
     """A random-weight 4-layer Mistral (hidden 128, GQA 4/2 heads) saved with the tiny tokenizer."""
-    import torch
     from transformers import MistralConfig, MistralForCausalLM
 
     tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
@@ -222,10 +227,17 @@ def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_di
         torch_dtype="float32",
         **_special_ids(tokenizer),
     )
-    torch.manual_seed(0)
-    with initialised_weights():
-        model = MistralForCausalLM(config).to(torch.float32).eval()
-    out = tmp_path_factory.mktemp("tiny_mistral")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_random_model(tmp_path_factory, "tiny_mistral", MistralForCausalLM, config, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 16 positions."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                              sliding_window=16, sliding_window_pattern=2, max_position_embeddings=256,
+                              torch_dtype="float32", **_special_ids(tokenizer))
+    return _save_random_model(tmp_path_factory, "tiny_gemma3", Gemma3ForCausalLM, config, tokenizer)

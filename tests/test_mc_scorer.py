@@ -91,31 +91,30 @@ def test_cluster_groups_joins_contexts_with_a_long_common_start():
     assert (39, [[6, 7], [0, 1], [4, 5]]) in cluster_groups(requests, [[0, 1], [4, 5], [6, 7]], min_prefix=32)
 
 
-def test_attention_mask_sees_shared_start_and_own_tail_only():
-    row = Row([5, 6, 7, 8, 9, 4], [0, 1, 2, 2, 2, 3], [1] * 6, [0, 0, 1, 2, 2, 3], [])
-    allowed = attention_mask([row], 7, torch.float32, "cpu")[0, 0] == 0
-    want = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
-                         [1, 1, 0, 0, 0, 0, 0],
-                         [1, 1, 1, 0, 0, 0, 0],
-                         [1, 1, 0, 1, 0, 0, 0],
-                         [1, 1, 0, 1, 1, 0, 0],
-                         [1, 1, 0, 0, 0, 1, 0],
-                         [0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)  # the last column/row: padding, sees itself
-    assert torch.equal(allowed, want)
+# one block: the shared start (segment 0) and tails 1-3; the last column/row is padding and sees only itself
+_ONE_BLOCK = (Row([5, 6, 7, 8, 9, 4], [0, 1, 2, 2, 2, 3], [1] * 6, [0, 0, 1, 2, 2, 3], []),
+              [[1, 0, 0, 0, 0, 0, 0],
+               [1, 1, 0, 0, 0, 0, 0],
+               [1, 1, 1, 0, 0, 0, 0],
+               [1, 1, 0, 1, 0, 0, 0],
+               [1, 1, 0, 1, 1, 0, 0],
+               [1, 1, 0, 0, 0, 1, 0],
+               [0, 0, 0, 0, 0, 0, 1]])
+# a common prefix of 2 tokens | block 1: start, tail | block 2: start, start, tail
+_TWO_BLOCKS = (Row([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 2, 3, 4], [0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 0, 0, 1], []),
+               [[1, 0, 0, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0, 0, 0],
+                [1, 1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 1, 0, 0, 0],
+                [1, 1, 0, 0, 1, 0, 0],
+                [1, 1, 0, 0, 1, 1, 0],
+                [1, 1, 0, 0, 1, 1, 1]])
 
 
-def test_attention_mask_blocks_see_the_prefix_and_themselves():
-    # prefix (2 tokens) | block 1: start, tail | block 2: start, start, tail
-    row = Row([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 2, 3, 4], [0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 0, 0, 1], [])
+@pytest.mark.parametrize("row, want", [_ONE_BLOCK, _TWO_BLOCKS], ids=["one block", "prefix and two blocks"])
+def test_attention_mask_by_hand(row, want):
     allowed = attention_mask([row], 7, torch.float32, "cpu")[0, 0] == 0
-    want = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
-                         [1, 1, 0, 0, 0, 0, 0],
-                         [1, 1, 1, 0, 0, 0, 0],
-                         [1, 1, 1, 1, 0, 0, 0],
-                         [1, 1, 0, 0, 1, 0, 0],
-                         [1, 1, 0, 0, 1, 1, 0],
-                         [1, 1, 0, 0, 1, 1, 1]], dtype=torch.bool)
-    assert torch.equal(allowed, want)
+    assert torch.equal(allowed, torch.tensor(want, dtype=torch.bool))
 
 
 def test_batches_cap_rows_padding_and_kept_logits():
@@ -224,24 +223,8 @@ def test_requests_past_a_sliding_window_go_to_hflm(mistral, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def gemma3(tiny_tokenizer_dir, tmp_path_factory):
-    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 16 positions."""
-    from conftest import _load_tiny_tokenizer, _special_ids
-    from model_init import initialised_weights
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
-                              sliding_window=16, sliding_window_pattern=2, max_position_embeddings=256,
-                              torch_dtype="float32", **_special_ids(tokenizer))
-    torch.manual_seed(0)
-    with initialised_weights():
-        model = Gemma3ForCausalLM(config).to(torch.float32).eval()
-    out = tmp_path_factory.mktemp("tiny_gemma3")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return models.load_model(str(out), name="gemma3", device="cpu")
+def gemma3(tiny_gemma3_dir):
+    return models.load_model(str(tiny_gemma3_dir), name="gemma3", device="cpu")
 
 
 @pytest.mark.slow
