@@ -146,6 +146,8 @@ def pack_rows(requests: list[Request], groups: list[list[int]], max_tokens: int,
         sequences = [list(requests[i][1]) + list(requests[i][2]) for i in members]
         shared = shared_length(sequences)  # >= the context length: every sequence starts with the context
         n_context = len(requests[members[0]][1])
+        # a block predicts its first continuation token from a context token of its own (cluster_groups' rule)
+        assert prefix < n_context, f"a common prefix of {prefix} tokens leaves a {n_context}-token context nothing"
         block = None
         for i, sequence in zip(members, sequences, strict=True):
             tail = sequence[shared:-1]  # HFLM's input is (context + continuation)[:-1]

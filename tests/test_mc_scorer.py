@@ -86,6 +86,11 @@ def test_cluster_groups_joins_contexts_with_a_long_common_start():
     assert sorted(clusters) == [(0, [[2, 3]]), (40, [[0, 1], [4, 5]])]
     assert cluster_groups(requests, [[0, 1], [2, 3], [4, 5]], min_prefix=41) == [(0, [[2, 3]]), (0, [[0, 1]]),
                                                                                  (0, [[4, 5]])]
+    # a third context that shares less of the start: the cluster's prefix shrinks to what all three share
+    shrinking = [_request("a", preamble + [1, 2], [2]), _request("a", preamble + [1, 2], [3]),
+                 _request("b", preamble + [1, 3], [2]), _request("b", preamble + [1, 3], [3]),
+                 _request("c", preamble + [4], [2]), _request("c", preamble + [4], [3])]
+    assert cluster_groups(shrinking, [[4, 5], [0, 1], [2, 3]], min_prefix=32) == [(40, [[0, 1], [2, 3], [4, 5]])]
     # a context that is the other's start: the prefix leaves it one token of its own
     requests += [_request("d", preamble, [2]), _request("d", preamble, [3])]
     assert (39, [[6, 7], [0, 1], [4, 5]]) in cluster_groups(requests, [[0, 1], [4, 5], [6, 7]], min_prefix=32)
@@ -123,6 +128,9 @@ def test_batches_cap_rows_padding_and_kept_logits():
     # every row keeps logits from its index 0 on: a batch of widths 40 keeps 40 positions per row
     assert [[len(r.tokens) for r in b] for b in batch_rows(rows, 3, max_logits=80)] == [[40, 30], [21, 19, 18],
                                                                                         [5]]
+    # a cap below one row's kept positions: each row alone, none dropped
+    assert [[len(r.tokens) for r in b] for b in batch_rows(rows, 3, max_logits=10)] == [[n] for n in
+                                                                                        (40, 30, 21, 19, 18, 5)]
 
 
 # ----------------------------------------------------------------------------- agreement with HFLM
