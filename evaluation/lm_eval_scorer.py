@@ -109,13 +109,6 @@ class Row:
     blocks: list[Block]
 
 
-def common_prefix(a, b) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def cluster_groups(requests: list[Request], groups: list[list[int]], min_prefix: int) -> list[tuple[int, list]]:
     """[(prefix length, groups)]: groups whose contexts begin with the same ``min_prefix`` tokens or more (a
     few-shot preamble: TruthfulQA's six questions and answers) share that prefix; other groups stand alone (0).
@@ -129,7 +122,8 @@ def cluster_groups(requests: list[Request], groups: list[list[int]], min_prefix:
         if clusters:
             prefix, cluster = clusters[-1]
             first = requests[cluster[0][0]][1]
-            joined = min(common_prefix(first, context), prefix or len(first) - 1, len(context) - 1)
+            # shared_length leaves both contexts a token of their own; a cluster's prefix only shrinks as it grows
+            joined = min(shared_length([first, context]), prefix or len(first))
             if joined >= min_prefix:
                 clusters[-1] = (joined, cluster + [members])
                 continue
@@ -177,6 +171,12 @@ def first_prediction(row: Row) -> int:
     return min(block.n_context for block in row.blocks) - 1
 
 
+def kept_positions(rows: list[Row]) -> int:
+    """How many trailing positions of a right-padded batch of ``rows`` keep their logits: from the earliest
+    position any row needs to the batch's width."""
+    return max(len(row.tokens) for row in rows) - min(first_prediction(row) for row in rows)
+
+
 def batch_rows(rows: list[Row], batch_size: int, max_logits: int | None = None) -> list[list[Row]]:
     """Rows sorted longest first -> batches of at most ``batch_size`` rows, no row more than half padding, and at
     most ``max_logits`` logit positions kept in all (default: ``batch_size`` * 128).
@@ -191,9 +191,8 @@ def batch_rows(rows: list[Row], batch_size: int, max_logits: int | None = None) 
     for row in rows:
         if batches:
             batch = batches[-1]
-            width = len(batch[0].tokens)
-            kept = width - min(first_prediction(r) for r in batch + [row])
-            if len(batch) < batch_size and 2 * len(row.tokens) >= width and (len(batch) + 1) * kept <= max_logits:
+            fits = len(batch) < batch_size and 2 * len(row.tokens) >= len(batch[0].tokens)
+            if fits and (len(batch) + 1) * kept_positions(batch + [row]) <= max_logits:
                 batch.append(row)
                 continue
         batches.append([row])
@@ -306,7 +305,7 @@ class SharedContextHFLM(HFLM):
         for r, row in enumerate(rows):
             ids[r, :len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
             positions[r, :len(row.tokens)] = torch.tensor(row.positions, dtype=torch.long)
-        keep = width - min(first_prediction(row) for row in rows)  # no continuation is predicted before that
+        keep = kept_positions(rows)  # no continuation is predicted before that
         extra = {"logits_to_keep": keep} if self._keep_logits else {}
         mask = attention_mask(rows, width, self.model.dtype, self.device)
         # HFLM._model_call's context: no gradients, its optional autocast
