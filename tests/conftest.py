@@ -176,6 +176,13 @@ def _special_ids(tokenizer) -> dict:
     )
 
 
+def _save_with_tokenizer(tmp_path_factory, name: str, model, tokenizer) -> Path:
+    out = tmp_path_factory.mktemp(name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def _save_random_model(tmp_path_factory, name: str, model_class, config, tokenizer) -> Path:
     """A float32 model of `model_class` with seeded random weights, saved with `tokenizer` into a fresh folder."""
     import torch
@@ -183,10 +190,7 @@ def _save_random_model(tmp_path_factory, name: str, model_class, config, tokeniz
     torch.manual_seed(0)
     with initialised_weights():
         model = model_class(config).to(torch.float32).eval()
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_with_tokenizer(tmp_path_factory, name, model, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -232,12 +236,11 @@ def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_di
 
 @pytest.fixture(scope="session")
 def tiny_gemma3_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
-    """A random-weight 2-layer Gemma 3 whose first layer has a sliding window of 16 positions."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    """gemma3_helpers' random-weight Gemma 3 with 2 layers, the first with a sliding window of 16 positions, saved
+    with the tiny tokenizer."""
+    import gemma3_helpers
 
     tokenizer = _load_tiny_tokenizer(tiny_tokenizer_dir)
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
-                              sliding_window=16, sliding_window_pattern=2, max_position_embeddings=256,
-                              torch_dtype="float32", **_special_ids(tokenizer))
-    return _save_random_model(tmp_path_factory, "tiny_gemma3", Gemma3ForCausalLM, config, tokenizer)
+    model = gemma3_helpers.tiny_gemma3(len(tokenizer), block_count=2, sliding_window=16, sliding_window_pattern=2,
+                                       **_special_ids(tokenizer))
+    return _save_with_tokenizer(tmp_path_factory, "tiny_gemma3", model, tokenizer)
