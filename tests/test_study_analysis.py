@@ -337,3 +337,20 @@ def test_methods_at_a_glance_lists_bases_and_methods_with_distances():
     assert glance["m"]["crows_distance"] == 2.0 and glance["m"]["ss_distance"] == 8.5
     assert glance["m"]["beats_controls"] is True and "controls" not in glance["fp"]
     assert report._verdict_cell(glance["m"]) == "yes: closer to 50 than c1 (CrowS)"
+
+
+def test_an_eraser_control_on_another_quantization_of_the_base_is_marked():
+    from study import report
+
+    def job(base_sha):
+        return {"job": {"base_checkpoint_sha256": base_sha}} if base_sha else {"job": {}}
+    assert report.same_base(job("aa"), job("aa")) is True
+    assert report.same_base(job("aa"), job("bb")) is False
+    assert report.same_base(job(None), job("aa")) is None and report.same_base({}, job("aa")) is None
+    comps = [_comparison("m", "c1", (-3, -1), (-1, 1)), _comparison("m", "c2", (-2, -1), (-1, 1))]
+    comps[1]["same_base"] = False
+    result = report.verdict(comps)
+    assert result["beats_controls"] is True and result["controls_on_another_base"] == ["c2"]
+    cell = report._verdict_cell({**result, "name": "m"})
+    assert cell.endswith("‡ c2 on another quantization of the base")
+    assert report.verdict(comps[:1])["controls_on_another_base"] == []

@@ -173,8 +173,19 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
                 means = [m.get("mean_direction") for m in stored]
                 if all(means):
                     entry["mechanism_mean_direction"] = mechanism.paired_mean_direction_difference(*means)
+            on_same_base = same_base(state["extra"][control.name], state["extra"][method.name])
+            if on_same_base is not None:
+                entry["same_base"] = on_same_base
             out.append(entry)
     return out
+
+
+def same_base(control_extra: dict, method_extra: dict) -> bool | None:
+    """Were two erasers on a gptq base evaluated on the very same base weights? A base quantized again on
+    another machine gives other weights, and a method-minus-control difference across two bases includes that
+    re-quantization. None when either job records no base checkpoint (fp base, or not an eraser)."""
+    digests = [(extra.get("job") or {}).get("base_checkpoint_sha256") for extra in (control_extra, method_extra)]
+    return None if None in digests else digests[0] == digests[1]
 
 
 def matched(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
@@ -226,7 +237,9 @@ def verdict(comps: list[dict]) -> dict:
             if low is not None and low > 0:
                 losses.append((c["control"], metric))
     beats = bool(controls) and not losses and all(any(w[0] == control for w in wins) for control in controls)
-    return {"controls": controls, "beats_controls": beats, "closer_to_50_than": wins, "farther_from_50_than": losses}
+    other_base = sorted({c["control"] for c in comps if c.get("same_base") is False and c["control"] not in BASES})
+    return {"controls": controls, "beats_controls": beats, "closer_to_50_than": wins, "farther_from_50_than": losses,
+            "controls_on_another_base": other_base}
 
 
 def methods_at_a_glance(summary: dict) -> list[dict]:
@@ -259,7 +272,10 @@ def _verdict_cell(row: dict) -> str:
     text = "yes" if row["beats_controls"] else "no"
     details = [f"closer to 50 than {pairs(row['closer_to_50_than'])}"] if row["closer_to_50_than"] else []
     details += [f"farther from 50 than {pairs(row['farther_from_50_than'])}"] if row["farther_from_50_than"] else []
-    return text + (f": {'; '.join(details)}" if details else f" (against {', '.join(row['controls'])})")
+    text += f": {'; '.join(details)}" if details else f" (against {', '.join(row['controls'])})"
+    if row.get("controls_on_another_base"):
+        text += f" ‡ {', '.join(row['controls_on_another_base'])} on another quantization of the base"
+    return text
 
 
 def mechanism_modules(state: dict) -> dict:
@@ -357,9 +373,13 @@ def render_markdown(summary: dict, header: list[str]) -> str:
         cells = _cells(c)
         who, alpha = _who(c)
         mechs = [c.get("mechanism_ratio")] + ([c.get("mechanism_mean_direction")] if any_mean else [])
-        lines.append(f"| {who} | {alpha} | {c['control']} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
+        control = c["control"] + (" ‡" if c.get("same_base") is False else "")
+        lines.append(f"| {who} | {alpha} | {control} | {' | '.join(cells)} | {c['ppl_ratio']:.3f} | "
                      + " | ".join(_ci(m, 4) + (" *" if _excludes_zero(m) else "") if m else "–" for m in mechs)
                      + " |")
+    if any(c.get("same_base") is False for c in summary["comparisons"]):
+        lines += ["", "‡ the control's gptq base is another quantization than the method's (the sha256 of each "
+                  "job's base is in `runs/<variant>/job.json`): the difference includes a re-quantization."]
     lines += ["", "## Matched perplexity: each method minus each curve at the method's perplexity", "",
               "Each curve is interpolated linearly in log-perplexity between its points sorted by perplexity (plain "
               "GPTQ at α = 0 and the mode's α values; the degradation curve: FP, plain GPTQ 4-bit g128, 4-bit "
