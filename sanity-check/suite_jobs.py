@@ -9,6 +9,8 @@ and XStoryCloze-en that cannot be had offline, and the bias tasks Winogender and
 1. the checkpoint comes from the local cache (`--models-dir`); when it is missing it is quantized again with the
    variant's arguments, and then it must be shown to be the same model: by its weights' sha256 where the first
    stage recorded one, else by re-scoring WikiText-2 window 0 and comparing with the committed window NLL.
+   An eraser variant's eraser, refitted when the cache lost it, must pass too: by its file's sha256, else (a
+   refit stores its time of fitting, so its sha256 always differs) by window 0 scored with it applied.
    A checkpoint that differs is reported in the run's `suite_job.json` and in the report, never used silently;
 2. each task is scored on a fixed item subset (seeded; the same items for every variant; sizes below, sha256 of
    the index list recorded) through evaluation/run_eval.py, and stored as `runs/<variant>/lm_eval.json`.
@@ -37,9 +39,10 @@ SUITE_BATCH_SIZE = 16  # lm-eval requests per forward batch (the shared-context 
 WINDOW_NLL_RTOL = 1e-5  # the same code on the same weights reproduces a window's NLL to float32 rounding
 
 
-def first_windows(model_path: str, name: str, args, windows: int, seqlen: int | None = None) -> dict:
+def first_windows(model_path: str, name: str, args, windows: int, seqlen: int | None = None,
+                  eraser: Path | None = None) -> dict:
     """The WikiText-2 run on the first `windows` windows (of `seqlen` tokens, default the study's), scored by the
-    evaluation instrument itself into a scratch folder (nothing is stored)."""
+    evaluation instrument itself into a scratch folder (nothing is stored); with `eraser` applied when given."""
     from evaluation import run_eval
 
     seqlen = seqlen or args.seqlen
@@ -48,13 +51,26 @@ def first_windows(model_path: str, name: str, args, windows: int, seqlen: int | 
                 str(windows), "--device", args.device, "--seed", str(args.seed), "--no-progress"]
         if seqlen:
             argv += ["--seqlen", str(seqlen)]
+        if eraser is not None:
+            argv += ["--eraser", f"{name}={eraser}"]
         eval_args = run_eval.build_parser().parse_args(argv)
         plan = run_eval.make_plan(eval_args)
         return run_eval.evaluate_model(name, plan.models[0][1], plan, eval_args, Path(scratch))["wikitext2"]
 
 
-def window0_nll(model_path: str, name: str, args, seqlen: int | None = None) -> float:
-    return float(first_windows(model_path, name, args, 1, seqlen)["per_item"]["window_nll"][0])
+def window0_nll(model_path: str, name: str, args, seqlen: int | None = None, eraser: Path | None = None) -> float:
+    return float(first_windows(model_path, name, args, 1, seqlen, eraser)["per_item"]["window_nll"][0])
+
+
+def committed_window0(run_dir: Path) -> tuple[float, int | None]:
+    """The committed first-stage run's WikiText-2 window-0 NLL and the window length it used (whatever this
+    invocation's flags say: --quick would differ)."""
+    committed_run = json.loads((run_dir / "wikitext2.json").read_text())
+    return committed_run["per_item"]["window_nll"][0], committed_run.get("settings", {}).get("seqlen")
+
+
+def same_window_nll(now: float, committed: float) -> bool:
+    return abs(now - committed) <= WINDOW_NLL_RTOL * abs(committed)
 
 
 def pilot_stage(variant, args, models_dir: Path, windows: int = 4) -> float:
@@ -73,12 +89,10 @@ def verify_checkpoint(variant, model_path: str, args, run_dir: Path) -> dict:
         digest = study_jobs.checkpoint_sha256(Path(model_path))
         return {"method": "weights sha256", "recorded": job["checkpoint_sha256"], "now": digest,
                 "match": digest == job["checkpoint_sha256"]}
-    committed_run = json.loads((run_dir / "wikitext2.json").read_text())
-    committed = committed_run["per_item"]["window_nll"][0]
-    # the window length the committed run used, whatever this invocation's flags say (--quick would differ)
-    now = window0_nll(model_path, variant.name, args, committed_run.get("settings", {}).get("seqlen"))
+    committed, seqlen = committed_window0(run_dir)
+    now = window0_nll(model_path, variant.name, args, seqlen)
     return {"method": "WikiText-2 window 0 NLL", "recorded": committed, "now": now,
-            "match": abs(now - committed) <= WINDOW_NLL_RTOL * abs(committed)}
+            "match": same_window_nll(now, committed)}
 
 
 def ensure_checkpoint(variant, args, models_dir: Path) -> str:
@@ -131,18 +145,28 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     return record  # model_path absolute here; portable on disk
 
 
-def eraser_check(variant, eraser_sha256: str, base_check: dict, out: Path) -> dict:
+def eraser_check(variant, eraser_sha256: str, base_check: dict, out: Path, window0_with_eraser=None) -> dict:
     """An eraser variant's model check: its base's check, and the eraser file's sha256 against the one its
-    first-stage results record. Only the first stage's own file (kept in --models-dir) passes: a refit writes
-    its time of fitting into the file, so even an identical projection gives another sha256 and is marked."""
-    committed_path = out / "runs" / variant.name / "crows_pairs.json"
+    first-stage results record. A refit writes its time of fitting into the file, so even an identical
+    projection gives another sha256; then, given `window0_with_eraser` (seqlen -> window-0 NLL of the base with
+    the refit applied), the refit passes when it reproduces the committed variant's window-0 NLL, as a
+    re-quantized checkpoint does."""
+    run_dir = out / "runs" / variant.name
     try:
-        recorded = json.loads(committed_path.read_text())["settings"]["eraser"]["sha256"]
+        recorded = json.loads((run_dir / "crows_pairs.json").read_text())["settings"]["eraser"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise SystemExit(f"[{variant.name}] {committed_path} records no eraser: run the variant's study job first")
-    return {"method": f"{base_check['method']}; eraser sha256",
-            "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], eraser_sha256],
-            "match": bool(base_check["match"]) and eraser_sha256 == recorded}
+        raise SystemExit(f"[{variant.name}] {run_dir / 'crows_pairs.json'} records no eraser: run the variant's "
+                         "study job first")
+    if eraser_sha256 == recorded or window0_with_eraser is None:
+        return {"method": f"{base_check['method']}; eraser sha256",
+                "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], eraser_sha256],
+                "match": bool(base_check["match"]) and eraser_sha256 == recorded}
+    committed, seqlen = committed_window0(run_dir)
+    now = window0_with_eraser(seqlen)
+    return {"method": f"{base_check['method']}; refitted eraser (other sha256): WikiText-2 window 0 NLL with it",
+            "recorded": [base_check["recorded"], committed], "now": [base_check["now"], now],
+            "eraser_sha256": {"recorded": recorded, "now": eraser_sha256},
+            "match": bool(base_check["match"]) and same_window_nll(now, committed)}
 
 
 def subset_spec() -> str:
@@ -165,7 +189,10 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
         checkpoint = checkpoint_stage(study_jobs.eraser_base(variant), args, out, models_dir)
         eraser = study_jobs.fit_variant_eraser(variant, checkpoint["model_path"], args, models_dir)
         eraser_sha256 = sha256_file(eraser)
-        checkpoint = {**checkpoint, "check": eraser_check(variant, eraser_sha256, checkpoint["check"], out)}
+        def window0_with_eraser(seqlen):
+            return window0_nll(checkpoint["model_path"], variant.name, args, seqlen, eraser)
+        checkpoint = {**checkpoint, "check": eraser_check(variant, eraser_sha256, checkpoint["check"], out,
+                                                          window0_with_eraser)}
     else:
         checkpoint = checkpoint_stage(variant, args, out, models_dir)
     if not checkpoint["check"]["match"]:

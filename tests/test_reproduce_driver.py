@@ -289,3 +289,39 @@ def test_eraser_check_needs_the_base_and_the_very_eraser_file_of_the_first_stage
                                        tmp_path / "out")["match"]
     eraser.write_bytes(b"a refit that came out different")
     assert not suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out")["match"]
+    # a refit (other file, other sha256) passes only by reproducing the committed window-0 NLL with it applied
+    (run / "wikitext2.json").write_text(json.dumps({"per_item": {"window_nll": [5000.0, 4000.0]},
+                                                    "settings": {"seqlen": 64}}))
+    asked = []
+
+    def window0(nll):
+        return lambda seqlen: asked.append(seqlen) or nll
+    refit = suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out", window0(5000.0 + 0.04))
+    assert refit["match"] and refit["recorded"] == [3.0, 5000.0] and asked == [64]  # the committed window length
+    assert refit["eraser_sha256"] == {"recorded": recorded, "now": sha256_file(eraser)}
+    assert not suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out",
+                                       window0(5000.0 + 0.06))["match"]  # beyond the 1e-5 relative tolerance
+    assert not suite_jobs.eraser_check(variant, sha256_file(eraser), {**base_ok, "match": False}, tmp_path / "out",
+                                       window0(5000.0))["match"]  # the base must hold as well
+
+
+def test_window0_nll_applies_the_given_eraser(tiny_mistral_dir, tmp_path):
+    """The refit check scores the base *with* the eraser: an identity eraser leaves the window's NLL as it is,
+    one that removes directions changes it."""
+    from types import SimpleNamespace
+
+    import suite_jobs
+    import torch
+
+    from fair_gptq.erasure.artifact import Eraser, save_eraser
+
+    args = SimpleNamespace(device="cpu", seed=0, seqlen=32)
+    basis, _ = torch.linalg.qr(torch.randn(128, 8, generator=torch.Generator().manual_seed(0)))
+    save_eraser(Eraser("inlp", torch.eye(128, dtype=torch.float64)), tmp_path / "identity.pt")
+    save_eraser(Eraser("inlp", (torch.eye(128) - basis @ basis.T).double()), tmp_path / "remove8.pt")
+    plain = suite_jobs.window0_nll(str(tiny_mistral_dir), "m", args)
+    assert suite_jobs.window0_nll(str(tiny_mistral_dir), "m", args, eraser=tmp_path / "identity.pt") == \
+        pytest.approx(plain, rel=1e-6)
+    # far beyond what the check tolerates (the tiny random model's logits are nearly flat, so not by much more)
+    assert abs(suite_jobs.window0_nll(str(tiny_mistral_dir), "m", args, eraser=tmp_path / "remove8.pt") - plain) > \
+        20 * suite_jobs.WINDOW_NLL_RTOL * abs(plain)
