@@ -145,28 +145,37 @@ def checkpoint_stage(variant, args, out: Path, models_dir: Path) -> dict:
     return record  # model_path absolute here; portable on disk
 
 
-def eraser_check(variant, eraser_sha256: str, base_check: dict, out: Path, window0_with_eraser=None) -> dict:
-    """An eraser variant's model check: its base's check, and the eraser file's sha256 against the one its
-    first-stage results record. A refit writes its time of fitting into the file, so even an identical
-    projection gives another sha256; then, given `window0_with_eraser` (seqlen -> window-0 NLL of the base with
-    the refit applied), the refit passes when it reproduces the committed variant's window-0 NLL, as a
-    re-quantized checkpoint does."""
+def eraser_check(variant, eraser_sha256: str, base_check: dict, out: Path, window0_with_eraser=None,
+                 base_sha256: str | None = None) -> dict:
+    """An eraser variant's model check: is base + eraser the model its first-stage results were measured on?
+    The base: the variant's own job recorded its base's weights sha256 (a gptq base may have been quantized
+    again before that job, so `runs/gptq/` is not the reference), compared with `base_sha256`; jobs without it
+    fall back to the base's own check. The eraser: its file's sha256. A refit writes its time of fitting into
+    the file, so even an identical projection gives another sha256; then, given `window0_with_eraser` (seqlen ->
+    window-0 NLL of the base with the refit applied), base and refit pass together when they reproduce the
+    committed variant's window-0 NLL, as a re-quantized checkpoint does."""
     run_dir = out / "runs" / variant.name
     try:
         recorded = json.loads((run_dir / "crows_pairs.json").read_text())["settings"]["eraser"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise SystemExit(f"[{variant.name}] {run_dir / 'crows_pairs.json'} records no eraser: run the variant's "
                          "study job first")
+    job_base = study_jobs.recorded_job(run_dir).get("base_checkpoint_sha256")
+    if job_base and base_sha256:
+        base = {"method": "base weights sha256 (the eraser job's)", "recorded": job_base, "now": base_sha256,
+                "match": base_sha256 == job_base}
+    else:
+        base = base_check
     if eraser_sha256 == recorded or window0_with_eraser is None:
-        return {"method": f"{base_check['method']}; eraser sha256",
-                "recorded": [base_check["recorded"], recorded], "now": [base_check["now"], eraser_sha256],
-                "match": bool(base_check["match"]) and eraser_sha256 == recorded}
+        return {"method": f"{base['method']}; eraser sha256",
+                "recorded": [base["recorded"], recorded], "now": [base["now"], eraser_sha256],
+                "match": bool(base["match"]) and eraser_sha256 == recorded}
     committed, seqlen = committed_window0(run_dir)
     now = window0_with_eraser(seqlen)
-    return {"method": f"{base_check['method']}; refitted eraser (other sha256): WikiText-2 window 0 NLL with it",
-            "recorded": [base_check["recorded"], committed], "now": [base_check["now"], now],
+    return {"method": "refitted eraser (other sha256) on the base: WikiText-2 window 0 NLL with it applied",
+            "recorded": committed, "now": now, "base_check": base,
             "eraser_sha256": {"recorded": recorded, "now": eraser_sha256},
-            "match": bool(base_check["match"]) and same_window_nll(now, committed)}
+            "match": same_window_nll(now, committed)}
 
 
 def subset_spec() -> str:
@@ -189,10 +198,12 @@ def suite_stage(variant, args, out: Path, models_dir: Path) -> dict:
         checkpoint = checkpoint_stage(study_jobs.eraser_base(variant), args, out, models_dir)
         eraser = study_jobs.fit_variant_eraser(variant, checkpoint["model_path"], args, models_dir)
         eraser_sha256 = sha256_file(eraser)
+        base_path = checkpoint["model_path"]
+
         def window0_with_eraser(seqlen):
-            return window0_nll(checkpoint["model_path"], variant.name, args, seqlen, eraser)
+            return window0_nll(base_path, variant.name, args, seqlen, eraser)
         checkpoint = {**checkpoint, "check": eraser_check(variant, eraser_sha256, checkpoint["check"], out,
-                                                          window0_with_eraser)}
+                                                          window0_with_eraser, checkpoint.get("checkpoint_sha256"))}
     else:
         checkpoint = checkpoint_stage(variant, args, out, models_dir)
     if not checkpoint["check"]["match"]:

@@ -297,12 +297,33 @@ def test_eraser_check_needs_the_base_and_the_very_eraser_file_of_the_first_stage
     def window0(nll):
         return lambda seqlen: asked.append(seqlen) or nll
     refit = suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out", window0(5000.0 + 0.04))
-    assert refit["match"] and refit["recorded"] == [3.0, 5000.0] and asked == [64]  # the committed window length
+    assert refit["match"] and refit["recorded"] == 5000.0 and asked == [64]  # the committed window length
     assert refit["eraser_sha256"] == {"recorded": recorded, "now": sha256_file(eraser)}
     assert not suite_jobs.eraser_check(variant, sha256_file(eraser), base_ok, tmp_path / "out",
                                        window0(5000.0 + 0.06))["match"]  # beyond the 1e-5 relative tolerance
-    assert not suite_jobs.eraser_check(variant, sha256_file(eraser), {**base_ok, "match": False}, tmp_path / "out",
-                                       window0(5000.0))["match"]  # the base must hold as well
+    # the window scores base and refit together: it decides, whatever the base's own check said
+    assert suite_jobs.eraser_check(variant, sha256_file(eraser), {**base_ok, "match": False}, tmp_path / "out",
+                                   window0(5000.0))["match"]
+
+
+def test_a_gptq_eraser_is_checked_against_the_base_its_own_job_recorded(tmp_path):
+    """The gptq base may have been quantized again before the eraser's job: that job's recorded base, not the
+    model of runs/gptq/, is what the suite must reproduce."""
+    import study_jobs
+    import suite_jobs
+
+    variant = study_jobs.Variant("inlp-gptq", "eraser", mode="inlp", eraser="inlp", base="gptq")
+    run = tmp_path / "runs" / "inlp-gptq"
+    run.mkdir(parents=True)
+    (run / "crows_pairs.json").write_text(json.dumps({"settings": {"eraser": {"sha256": "e1"}}}))
+    (run / "job.json").write_text(json.dumps({"base_checkpoint_sha256": "b2"}))
+    not_runs_gptq = {"method": "weights sha256", "recorded": "b1", "now": "b2", "match": False}
+    check = suite_jobs.eraser_check(variant, "e1", not_runs_gptq, tmp_path, base_sha256="b2")
+    assert check["match"] and check["recorded"] == ["b2", "e1"] and check["now"] == ["b2", "e1"]
+    assert not suite_jobs.eraser_check(variant, "e1", {**not_runs_gptq, "match": True}, tmp_path,
+                                       base_sha256="b3")["match"]  # another base than the job's
+    (run / "job.json").write_text(json.dumps({}))  # an older job without the record: the base's own check
+    assert not suite_jobs.eraser_check(variant, "e1", not_runs_gptq, tmp_path, base_sha256="b2")["match"]
 
 
 def test_window0_nll_applies_the_given_eraser(tiny_mistral_dir, tmp_path):

@@ -1,4 +1,5 @@
 """The study's comparisons and the mechanism measurement, on hand-computed values."""
+import json
 import math
 
 import numpy as np
@@ -354,3 +355,20 @@ def test_an_eraser_control_on_another_quantization_of_the_base_is_marked():
     cell = report._verdict_cell({**result, "name": "m"})
     assert cell.endswith("‡ c2 on another quantization of the base")
     assert report.verdict(comps[:1])["controls_on_another_base"] == []
+
+
+def test_the_report_marks_a_comparison_across_two_quantizations_of_the_base():
+    """Rendered from the committed Gemma summary with one eraser control moved to another base."""
+    from pathlib import Path
+
+    from study import report
+
+    summary = json.loads((Path(__file__).resolve().parents[1] / "results/gemma3-270m/summary.json").read_text())
+    assert "‡" not in report.render_markdown(summary, ["# x"])
+    (marked,) = [c for c in summary["comparisons"]
+                 if (c["method"], c["control"]) == ("leace-gptq", "leace-gptq-unrelated")]
+    marked["same_base"] = False
+    summary["methods"] = report.methods_at_a_glance(summary)
+    text = report.render_markdown(summary, ["# x"])
+    assert "| leace-gptq | – | leace-gptq-unrelated ‡ |" in text and text.count(report.OTHER_BASE_NOTE) == 2
+    assert "‡ leace-gptq-unrelated on another quantization of the base" in text

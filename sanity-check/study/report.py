@@ -180,6 +180,10 @@ def comparisons(state: dict, rows: dict, n_boot: int, seed: int) -> list[dict]:
     return out
 
 
+OTHER_BASE_NOTE = ("‡ the control ran on another quantization of the gptq base than the method (the sha256 of each "
+                   "job's base is in `runs/<variant>/job.json`): their difference includes a re-quantization.")
+
+
 def same_base(control_extra: dict, method_extra: dict) -> bool | None:
     """Were two erasers on a gptq base evaluated on the very same base weights? A base quantized again on
     another machine gives other weights, and a method-minus-control difference across two bases includes that
@@ -353,6 +357,8 @@ def render_markdown(summary: dict, header: list[str]) -> str:
             zero = "–" if g["zeroshot_avg"] is None else f"{100 * g['zeroshot_avg']:.1f}"
             lines.append(f"| {g['name']} | {g['crows']:.2f} | {g['crows_distance']:.2f} | {g['ss']:.2f} | "
                          f"{g['ss_distance']:.2f} | {g['lms']:.2f} | {g['ppl']:.2f} | {zero} | {_verdict_cell(g)} |")
+        if any(g.get("controls_on_another_base") for g in glance):
+            lines += ["", OTHER_BASE_NOTE]
     if summary["missing"]:
         lines += ["", f"Not finished yet (no results): {', '.join(summary['missing'])}."]
     if summary.get("stale"):
@@ -378,8 +384,7 @@ def render_markdown(summary: dict, header: list[str]) -> str:
                      + " | ".join(_ci(m, 4) + (" *" if _excludes_zero(m) else "") if m else "–" for m in mechs)
                      + " |")
     if any(c.get("same_base") is False for c in summary["comparisons"]):
-        lines += ["", "‡ the control's gptq base is another quantization than the method's (the sha256 of each "
-                  "job's base is in `runs/<variant>/job.json`): the difference includes a re-quantization."]
+        lines += ["", OTHER_BASE_NOTE]
     lines += ["", "## Matched perplexity: each method minus each curve at the method's perplexity", "",
               "Each curve is interpolated linearly in log-perplexity between its points sorted by perplexity (plain "
               "GPTQ at α = 0 and the mode's α values; the degradation curve: FP, plain GPTQ 4-bit g128, 4-bit "
